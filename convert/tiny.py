@@ -1,0 +1,71 @@
+"""Tiny random checkpoints for tests and the demo, built once per version of the code that
+builds them and cached under `cache_dir()/tiny/<family>-<hash>/`."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import inspect
+from pathlib import Path
+
+from convert.cache import build_once, prune_stale
+from convert.families import family_module
+from geolocsft.images import Family
+from geolocsft.paths import cache_dir
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def factory_hash(family: Family | str) -> str:
+    """Changes when the family's factory code or the libraries that shape its files change."""
+    module = family_module(family)
+    digest = hashlib.sha256(inspect.getsource(module).encode())
+    for package in ("transformers", "tokenizers", "sentencepiece", "llama-cpp-python"):
+        digest.update(f"{package}={_version(package)}".encode())
+    return digest.hexdigest()[:12]
+
+
+def tiny_model(family: Family | str) -> Path:
+    """Path of the tiny Hugging Face checkpoint of `family` ("qwen2.5-vl" or "gemma3")."""
+    family = Family(family)
+    module = family_module(family)
+    final = cache_dir() / "tiny" / f"{family.value}-{factory_hash(family)}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    built = build_once(final, lambda temp: module.make_tiny(temp))
+    prune_stale(final, f"{family.value}-" + "?" * 12)
+    return built
+
+
+def pipeline_hash() -> str:
+    """Changes when any code that shapes a model folder changes."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    sources = [p for p in sorted(root.glob("*.py")) if p.name != "cli.py"]
+    sources += sorted((root / "families").glob("*.py"))
+    sources.append(root.parent / "geolocsft" / "manifest.py")
+    for path in sources:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def tiny_model_folder(family: Family | str, quant: str = "Q8_0") -> Path:
+    """A model folder (model-<QUANT>.gguf + mmproj-f16.gguf + manifest.json) of the untrained
+    tiny model, built once per version of the factory and converter code."""
+    from convert.build import build_model_folder
+
+    family = Family(family)
+    ckpt = tiny_model(family)
+    key = hashlib.sha256(f"{ckpt.name}/{pipeline_hash()}/{quant}".encode()).hexdigest()[:12]
+    final = cache_dir() / "tiny" / f"{family.value}-folder-{quant}-{key}"
+    name = f"tiny-{family.value}-{quant}"
+    built = build_once(final, lambda temp: build_model_folder(
+        temp, base=ckpt, quant=quant, check_logits=False, answer=False, name=name,
+        overwrite=True, progress=None))
+    prune_stale(final, f"{family.value}-folder-{quant}-" + "?" * 12)
+    return built

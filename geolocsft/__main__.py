@@ -1,0 +1,7 @@
+"""`python -m geolocsft` is the `geolocsft` command."""
+
+import sys
+
+from geolocsft.cli import main
+
+sys.exit(main())

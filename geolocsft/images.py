@@ -1,0 +1,358 @@
+"""Image preparation: the one way a photo becomes model input, shared by captioning, training
+and inference (if they differed, a fine-tune would silently lose much of what it learnt).
+
+`prepare_image(source, budget)` = `open_image` (decode, EXIF orientation, RGB, bomb guard)
++ `fit_to_budget` (the model family's pixel budget). Resampling is BICUBIC, so the same file
+and budget always give the same pixels. `read_gps` reads ground truth from EXIF.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import threading
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+# Pixel cap for decoding (the decompression-bomb guard). 200 MP lets 200 MP phone photos
+# through; anything larger is almost always a crafted or broken file.
+DEFAULT_MAX_IMAGE_PIXELS = 200_000_000
+
+# Qwen2.5-VL: 14 px patches merged 2x2, so sides are multiples of 28; the paper's budget of
+# 1,280 vision tokens is 1280 * 28 * 28 pixels. min_pixels is Qwen's 56 * 56.
+QWEN_FACTOR = 28
+QWEN_MIN_PIXELS = 56 * 56
+QWEN_MAX_PIXELS = 1280 * 28 * 28
+QWEN_MAX_ASPECT = 200  # Qwen's processor rejects more elongated images
+GEMMA_SIDE = 896
+
+RESAMPLE = Image.Resampling.BICUBIC
+
+
+class Family(str, Enum):
+    QWEN25VL = "qwen2.5-vl"
+    GEMMA3 = "gemma3"
+
+
+class ImageError(ValueError):
+    """A photo that cannot be used; `str()` is "<path>: <reason>"."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = os.fspath(path) if path is not None else "<image>"
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class ImageBudget:
+    """How many pixels a model family sees. Fields left as None take the family's defaults:
+    Qwen2.5-VL uses factor/min_pixels/max_pixels (smart resize, aspect kept), Gemma 3 uses
+    fixed_side (squashed to a square, as its processor does without pan-and-scan)."""
+
+    family: Family
+    max_pixels: int | None = None
+    min_pixels: int | None = None
+    factor: int | None = None
+    fixed_side: int | None = None
+
+    def __post_init__(self) -> None:
+        family = Family(self.family)
+        object.__setattr__(self, "family", family)
+        if family is Family.QWEN25VL:
+            defaults = {"max_pixels": QWEN_MAX_PIXELS, "min_pixels": QWEN_MIN_PIXELS,
+                        "factor": QWEN_FACTOR}
+            if self.fixed_side is not None:
+                raise ValueError("fixed_side does not apply to qwen2.5-vl budgets")
+        else:
+            defaults = {"fixed_side": GEMMA_SIDE}
+            for name in ("max_pixels", "min_pixels", "factor"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} does not apply to gemma3 budgets (use fixed_side)")
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+            elif int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if family is Family.QWEN25VL:
+            if self.max_pixels < self.factor**2 or self.min_pixels > self.max_pixels:
+                raise ValueError(
+                    f"need factor^2 <= max_pixels and min_pixels <= max_pixels, got "
+                    f"factor={self.factor} min_pixels={self.min_pixels} "
+                    f"max_pixels={self.max_pixels}"
+                )
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["family"] = self.family.value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImageBudget:
+        unknown = set(data) - {"family", "max_pixels", "min_pixels", "factor", "fixed_side"}
+        if unknown:
+            raise ValueError(f"unknown image budget fields: {sorted(unknown)}")
+        if "family" not in data:
+            raise ValueError("image budget has no 'family'")
+        return cls(**data)
+
+
+def default_budget(family: Family | str) -> ImageBudget:
+    return ImageBudget(Family(family))
+
+
+def smart_resize(height: int, width: int, factor: int = QWEN_FACTOR,
+                 min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS
+                 ) -> tuple[int, int]:
+    """Qwen2.5-VL's size rule: round each side to a multiple of `factor`, then scale both
+    down (or up) together so the area stays within [min_pixels, max_pixels]. Returns
+    (height, width)."""
+    if min(height, width) <= 0:
+        raise ValueError(f"image has no pixels ({width}x{height})")
+    if max(height, width) / min(height, width) > QWEN_MAX_ASPECT:
+        raise ValueError(f"aspect ratio over {QWEN_MAX_ASPECT}:1 ({width}x{height})")
+    # Sides under factor/2 round to 0 here; the scale-up branch below then lifts them.
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def target_size(width: int, height: int, budget: ImageBudget) -> tuple[int, int]:
+    """The (width, height) a width x height photo is resized to under `budget`."""
+    if budget.family is Family.GEMMA3:
+        return budget.fixed_side, budget.fixed_side
+    h, w = smart_resize(height, width, budget.factor, budget.min_pixels, budget.max_pixels)
+    return w, h
+
+
+# --- opening -------------------------------------------------------------------------------
+
+_heif_registered = False
+# Pillow keeps its bomb limit in a process-wide global; we lift it only around our own open
+# call (under this lock) and apply our own, per-call limit instead.
+_open_lock = threading.Lock()
+
+
+def _register_heif() -> None:
+    global _heif_registered
+    if not _heif_registered:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+        except ImportError:  # HEIC then fails as "not an image", naming the file
+            pass
+        _heif_registered = True
+
+
+def _open_raw(source, max_pixels: int):
+    """Open lazily (header only) and apply the pixel cap. Returns (image, label)."""
+    _register_heif()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label, data = "<bytes>", bytes(source)
+        if not data:
+            raise ImageError(label, "empty data (0 bytes)")
+        fp = io.BytesIO(data)
+    else:
+        label = os.fspath(source)
+        path = Path(label)
+        if not path.exists():
+            raise ImageError(label, "file not found")
+        if path.is_dir():
+            raise ImageError(label, "is a folder, not an image file")
+        if path.stat().st_size == 0:
+            raise ImageError(label, "empty file (0 bytes)")
+        fp = label
+    with _open_lock:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            image = Image.open(fp)
+        except Image.UnidentifiedImageError:
+            raise ImageError(label, "not an image Pillow can read (unknown or corrupt format)")
+        except Exception as exc:  # third-party decoders (pillow-heif) raise many kinds
+            raise ImageError(label, f"cannot read image: {exc}") from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageError(
+            label,
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (decompression-bomb guard; raise max_pixels if it is genuine)",
+        )
+    if width == 0 or height == 0:
+        image.close()
+        raise ImageError(label, f"image has no pixels ({width}x{height})")
+    return image, label
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: transparency composited on white, 16-bit and float
+    greyscale scaled (not clipped) to 8 bits."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    elif mode in ("PA", "LA", "La", "RGBa"):
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    elif mode == "1" or mode == "L":
+        return image.convert("RGB")
+    elif mode.startswith("I") or mode == "F":
+        image = _scale_to_l(image)
+        mode = "L"
+    if mode == "RGBA":
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    # CMYK, YCbCr, LAB, HSV, L, RGBX: Pillow's conversion.
+    return image.convert("RGB")
+
+
+def _scale_to_l(image: Image.Image) -> Image.Image:
+    """16-bit ("I;16*") and 32-bit ("I", "F") greyscale to 8-bit "L" by scaling."""
+    if image.mode != "F":
+        image = image.convert("I") if image.mode != "I" else image
+    low, high = image.getextrema()
+    if image.mode == "I" and 0 <= low and high <= 255:
+        scale, offset = 1.0, 0.0
+    elif image.mode == "I" and 0 <= low and high <= 65535:
+        scale, offset = 255.0 / 65535.0, 0.0  # a 16-bit sample range
+    elif high > low:
+        scale, offset = 255.0 / (high - low), -low * 255.0 / (high - low)
+    else:
+        scale, offset = 0.0, 0.0
+    # +0.5: the F -> L conversion truncates, so this rounds to the nearest level.
+    return image.convert("F").point(lambda v: v * scale + offset + 0.5).convert("L")
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)  # all 8 orientations
+    except Exception:
+        # EXIF too broken to read an orientation from: keep the stored one, the pixels are fine
+        return image.copy()
+
+
+def open_image(source, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode a photo (path, bytes, or an already opened PIL image) into an upright 8-bit RGB
+    image. Raises ImageError naming the file for anything unusable: missing, empty,
+    truncated, not an image, over `max_pixels`."""
+    if isinstance(source, Image.Image):
+        if source.width * source.height > max_pixels:
+            raise ImageError(None, f"image is {source.width}x{source.height}, over the limit of "
+                                   f"{max_pixels:,} pixels")
+        rgb = to_rgb(_upright(source)).copy()
+        rgb.info = {}
+        return rgb
+    image, label = _open_raw(source, max_pixels)
+    try:
+        with image:
+            image.load()
+            rgb = to_rgb(_upright(image))
+            rgb.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageError(label, f"decompression bomb: {exc}") from exc
+    except Exception as exc:  # decoders on damaged files raise OSError, RuntimeError, ...
+        raise ImageError(label, f"cannot decode image (truncated or corrupt?): {exc}") from exc
+    rgb.info = {}  # metadata stays with the original file, not with model input
+    return rgb
+
+
+def fit_to_budget(image: Image.Image, budget: ImageBudget) -> Image.Image:
+    """Resize an RGB image to the family's pixel budget (BICUBIC). Returns a new image."""
+    image = to_rgb(image)
+    try:
+        size = target_size(image.width, image.height, budget)
+    except ValueError as exc:
+        raise ImageError(None, str(exc)) from exc
+    if size == image.size:
+        return image.copy()
+    return image.resize(size, RESAMPLE)
+
+
+def prepare_image(source, budget: ImageBudget,
+                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open + fit: the one function captioning, training and inference use."""
+    image = open_image(source, max_pixels=max_pixels)
+    try:
+        size = target_size(image.width, image.height, budget)
+    except ValueError as exc:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            label = "<bytes>"
+        else:
+            label = None if isinstance(source, Image.Image) else source
+        raise ImageError(label, str(exc)) from exc
+    return image if size == image.size else image.resize(size, RESAMPLE)
+
+
+def to_png_bytes(image: Image.Image) -> bytes:
+    """Lossless PNG of exactly these pixels, no metadata, so the same image always gives the
+    same bytes (the engine sends it to llama.cpp as a data URI)."""
+    clean = to_rgb(image).copy()
+    clean.info = {}
+    buffer = io.BytesIO()
+    clean.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+# --- ground truth from EXIF ------------------------------------------------------------------
+
+GPS_IFD = 0x8825
+_GPS_LAT_REF, _GPS_LAT, _GPS_LON_REF, _GPS_LON = 1, 2, 3, 4
+
+
+def _dms_to_degrees(value) -> float:
+    parts = list(value) if isinstance(value, (tuple, list)) else [value]
+    if not 1 <= len(parts) <= 3:
+        raise ValueError("bad GPS coordinate")
+    total = 0.0
+    for part, unit in zip(parts, (1.0, 60.0, 3600.0)):
+        total += float(part) / unit
+    return total
+
+
+def _ref(value) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "ignore")
+    return str(value).strip("\x00 ").upper()[:1]
+
+
+def read_gps(path: str | os.PathLike) -> tuple[float, float] | None:
+    """(latitude, longitude) from the photo's EXIF GPS block, or None when it has none or it
+    is unusable. Raises ImageError only when the file itself cannot be opened."""
+    image, _ = _open_raw(path, max_pixels=2**62)  # header only: no decode, no bomb risk
+    with image:
+        try:
+            gps = image.getexif().get_ifd(GPS_IFD)
+            lat = _dms_to_degrees(gps[_GPS_LAT])
+            lon = _dms_to_degrees(gps[_GPS_LON])
+            lat_ref = _ref(gps.get(_GPS_LAT_REF, "N"))
+            lon_ref = _ref(gps.get(_GPS_LON_REF, "E"))
+        except Exception:  # no GPS, or EXIF in any broken shape: no ground truth
+            return None
+    if lat_ref == "S":
+        lat = -lat
+    if lon_ref == "W":
+        lon = -lon
+    if not (math.isfinite(lat) and math.isfinite(lon)):
+        return None
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        return None
+    if lat == 0.0 and lon == 0.0:  # cameras write zeros when they had no fix
+        return None
+    return lat, lon

@@ -1,0 +1,294 @@
+"""`geolocsft locate PATH... --model M`: geolocate photo folders offline and write the results
+where people and photo tools read them. See docs/locate.md."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from geolocsft.cli import CliError
+
+DEFAULT_SAMPLED_TEMPERATURE = 0.7  # with --samples K > 1 and no --temperature
+EXPORT_FOLDER = "geolocsft-results"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "locate",
+        help="geolocate photos offline and export CSV/GeoJSON/KML (and XMP/EXIF on request)",
+        description="Geolocate every photo under PATH (recursive; JPEG, PNG, WebP, TIFF, HEIC) "
+        "with a local model. Results go to a resumable store; a rerun skips finished photos.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", metavar="M", help="a model folder, or a model name under the models folder")
+    model.add_argument("--gguf", metavar="FILE", help="the model GGUF (with --mmproj, instead of --model)")
+    model.add_argument("--mmproj", metavar="FILE", help="the vision projector GGUF")
+    run = p.add_argument_group("inference")
+    run.add_argument("--samples", type=int, default=1, metavar="K",
+                     help="guesses per photo; K > 1 exports a consensus point and radius (default 1)")
+    run.add_argument("--temperature", type=float, default=None, metavar="T",
+                     help=f"sampling temperature (default 0 = greedy for one guess, "
+                     f"{DEFAULT_SAMPLED_TEMPERATURE} with --samples > 1)")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's)")
+    run.add_argument("--ctx", type=int, default=None, help="context size in tokens")
+    run.add_argument("--max-tokens", type=int, default=None, help="most tokens generated per guess")
+    run.add_argument("--grammar", action=argparse.BooleanOptionalAction, default=None,
+                     help="constrain output with a grammar so the answer always parses "
+                     "(default: the engine's)")
+    out = p.add_argument_group("output")
+    out.add_argument("--store", metavar="FILE", help="results store (default: the user data "
+                     "folder's geolocsft/results.sqlite)")
+    out.add_argument("--out", metavar="DIR", help=f"folder for geolocsft.csv/.geojson/.kml "
+                     f"(default: <first PATH>/{EXPORT_FOLDER}, or the user data folder if read-only)")
+    out.add_argument("--force", action="store_true",
+                     help="replace existing exports, sidecar GPS and copies")
+    out.add_argument("--xmp", action="store_true", help="write photo.ext.xmp sidecars (digiKam, darktable)")
+    out.add_argument("--write-exif", action="store_true",
+                     help="write GPS into copies of the photos under <out>/with-gps/")
+    out.add_argument("--in-place", action="store_true",
+                     help="with --write-exif: write into the original photos instead of copies")
+    out.add_argument("--flag-km", type=float, default=None, metavar="KM",
+                     help="flag photos whose own EXIF GPS is farther than KM from the prediction (default 500)")
+    out.add_argument("--no-places", action="store_true", help="skip offline place names")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=handle)
+
+
+# ---------------------------------------------------------------- model and folders
+
+def resolve_model(args):
+    from geolocsft.catalog import CatalogError, resolve_model
+    from geolocsft.engine import EngineError, ModelSpec
+
+    try:
+        if args.gguf or args.mmproj:
+            if args.model:
+                raise CliError("give either --model or --gguf/--mmproj, not both")
+            if not (args.gguf and args.mmproj):
+                raise CliError("--gguf and --mmproj go together")
+            return ModelSpec.from_files(Path(args.gguf), Path(args.mmproj))
+        if not args.model:
+            raise CliError("name a model: --model M (folder or name) or --gguf F --mmproj F")
+        return ModelSpec.from_folder(resolve_model(args.model))
+    except (CatalogError, EngineError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def folder_is_writable(folder: Path) -> bool:
+    """Probe by writing, not os.access: that lies for root, read-only mounts and some ACLs.
+    A folder that does not exist yet is probed in its nearest existing parent, so a failed
+    run leaves no empty folder behind."""
+    probe_in = folder
+    while not probe_in.exists():
+        if probe_in.parent == probe_in:
+            return False
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        return False
+    probe = probe_in / f".geolocsft-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb"):
+            pass
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def choose_out_dir(args, first_root: Path) -> tuple[Path, str]:
+    """The export folder and a message when it is not where the user would look first."""
+    from geolocsft.paths import data_dir
+
+    if args.out:
+        out = Path(args.out)
+        if not folder_is_writable(out):
+            raise CliError(f"{out}: cannot write exports there (read-only or not a folder)")
+        return out, ""
+    preferred = first_root / EXPORT_FOLDER
+    if folder_is_writable(preferred):
+        return preferred, ""
+    tag = hashlib.sha256(str(first_root).encode("utf-8")).hexdigest()[:8]
+    fallback = data_dir() / "exports" / f"{first_root.name or 'root'}-{tag}"
+    if not folder_is_writable(fallback):
+        raise CliError(f"{first_root} is read-only and {fallback} cannot be written either; use --out DIR")
+    return fallback, f"{first_root} is read-only: writing exports to {fallback}"
+
+
+# ---------------------------------------------------------------- progress bar
+
+class ProgressBar:
+    """One self-rewriting line on stderr; prints nothing when stderr is not a terminal."""
+
+    def __init__(self, stream, enabled: bool):
+        self.stream = stream
+        self.enabled = enabled
+        self.width = 0
+
+    def update(self, progress) -> None:
+        if not self.enabled:
+            return
+        from geolocsft.locate import format_eta
+
+        total = max(progress.total, 1)
+        filled = int(24 * progress.processed / total)
+        bar = "#" * filled + "." * (24 - filled)
+        rate = f"{progress.s_per_photo:.1f} s/photo" if progress.s_per_photo else "-- s/photo"
+        name = progress.current.name if progress.current else ""
+        line = (f"[{bar}] {progress.processed}/{progress.total}  {rate}  "
+                f"ETA {format_eta(progress.eta_s)}  {name}")[:118]
+        self.stream.write("\r" + line.ljust(self.width))
+        self.stream.flush()
+        self.width = len(line)
+
+    def clear(self) -> None:
+        if self.enabled and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
+
+    def say(self, line: str) -> None:
+        self.clear()
+        print(line, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the command
+
+def handle(args) -> int:
+    from geolocsft.engine import Engine, EngineError
+    from geolocsft.export import DEFAULT_FLAG_KM, ExportError, export_paths, summary_counts, write_exports
+    from geolocsft.locate import LocateRunner, find_photos
+    from geolocsft.store import ResultStore, StoreError, default_store_path
+
+    if args.samples < 1:
+        raise CliError("--samples must be at least 1")
+    if args.in_place and not args.write_exif:
+        raise CliError("--in-place only makes sense with --write-exif")
+    temperature = args.temperature
+    if temperature is None:
+        temperature = DEFAULT_SAMPLED_TEMPERATURE if args.samples > 1 else 0.0
+    flag_km = DEFAULT_FLAG_KM if args.flag_km is None else args.flag_km
+    bar = ProgressBar(sys.stderr, enabled=not args.quiet and sys.stderr.isatty())
+
+    items, problems = find_photos(args.paths)
+    for line in problems:
+        bar.say(f"geolocsft: {line}")
+    if not items:
+        raise CliError("no photos found in " + ", ".join(args.paths))
+
+    # Everything that can fail cheaply fails before the model loads.
+    out_dir, out_message = choose_out_dir(args, items[0].root)
+    spec = resolve_model(args)
+    store_path = Path(args.store) if args.store else default_store_path()
+    try:
+        store = ResultStore(store_path)
+    except StoreError as exc:
+        raise CliError(str(exc)) from exc
+    if not args.force:
+        # Exports an earlier run wrote and nobody has touched since are ours to refresh.
+        blocking = [p for p in export_paths(out_dir)
+                    if p.exists() and not store.is_our_unchanged_export(p)]
+        if blocking:
+            store.close()
+            raise CliError(f"{blocking[0]} exists and was not written by this store's last "
+                           "export; pass --force to replace it or --out DIR")
+    if out_message:
+        bar.say(f"geolocsft: {out_message}")
+
+    engine_kwargs = {k: v for k, v in {
+        "n_threads": args.threads, "n_ctx": args.ctx, "max_tokens": args.max_tokens,
+        "grammar": args.grammar,
+    }.items() if v is not None}
+    try:
+        engine = Engine(spec, **engine_kwargs)
+    except EngineError as exc:
+        store.close()
+        raise CliError(str(exc)) from exc
+
+    cancel = threading.Event()
+
+    def on_sigint(signum, frame):
+        if cancel.is_set():  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        cancel.set()
+        bar.say("geolocsft: stopping; the photo in progress is redone next time (Ctrl-C again to abort)")
+
+    def on_outcome(outcome):
+        if outcome.action == "error":
+            bar.say(f"geolocsft: {outcome.message}")
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
+    try:
+        runner = LocateRunner(engine, store, samples=args.samples, temperature=temperature,
+                              places=not args.no_places, on_progress=bar.update,
+                              on_outcome=on_outcome, cancel=cancel)
+        summary = runner.run(items)
+        bar.clear()
+        results = summary.results
+        for warning in summary.warnings:
+            print(f"geolocsft: warning: {warning}", file=sys.stderr)
+        try:
+            written = write_exports(results, out_dir, flag_km=flag_km, force=True)
+        except ExportError as exc:
+            raise CliError(str(exc)) from exc
+        for path in written:
+            store.record_export(path)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        bar.clear()
+        engine.close()
+        store.close()
+    tag_problems = _write_tags(args, summary, out_dir)
+
+    counts = summary_counts(results, flag_km)
+    skipped = summary.count("skipped")
+    print(f"located {counts['located']} of {len(items)} photos"
+          f" ({skipped} already in the store, {counts['unparsed']} without an answer,"
+          f" {counts['errors']} errors) in {summary.elapsed_s:.1f} s", file=sys.stderr)
+    if counts["flagged"]:
+        print(f"flagged {counts['flagged']} photos: their EXIF GPS is more than {flag_km:g} km "
+              f"from the prediction (column 'flagged')", file=sys.stderr)
+    print("exports: " + ", ".join(str(p) for p in written), file=sys.stderr)
+    print(f"store: {store_path}", file=sys.stderr)
+    if summary.cancelled:
+        print("geolocsft: cancelled; rerun the same command to continue", file=sys.stderr)
+        return 130
+    return 1 if (counts["errors"] or tag_problems) else 0
+
+
+def _write_tags(args, summary, out_dir: Path) -> int:
+    """XMP sidecars and EXIF GPS; one line per photo that could not be tagged. Returns the
+    number of failures (skips with a reason are reported but are not failures)."""
+    if not (args.xmp or args.write_exif):
+        return 0
+    from geolocsft.export_xmp import write_exif_gps, write_sidecar
+
+    failures = 0
+    counts: dict[str, int] = {}
+    for outcome in summary.outcomes:
+        result = outcome.result
+        if result is None or not result.has_point:
+            continue
+        photo = outcome.item.path
+        tags = []
+        if args.xmp:
+            tags.append(("xmp", write_sidecar(photo, result, force=args.force)))
+        if args.write_exif:
+            target = photo if args.in_place else out_dir / "with-gps" / outcome.item.relative
+            tags.append(("exif", write_exif_gps(photo, target, result, force=args.force)))
+        for kind, tag in tags:
+            counts[f"{kind} {tag.action}"] = counts.get(f"{kind} {tag.action}", 0) + 1
+            if tag.action in ("skipped", "error"):
+                reason = tag.message.removeprefix(f"{tag.path}: ")  # say the path once
+                print(f"geolocsft: {tag.path}: {kind} {tag.action}: {reason}", file=sys.stderr)
+                failures += tag.action == "error"
+    if counts:
+        print("tags: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), file=sys.stderr)
+    return failures

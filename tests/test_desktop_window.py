@@ -1,0 +1,315 @@
+"""The desktop window over the real core: a folder of generated photos (EXIF orientation, GPS,
+one broken file), lazy thumbnails, preview, results table, settings; and with the tiny GGUF
+model: a run streams its reasoning, marks the map at the parsed answer, marks the bad photo's
+row, keeps the event loop turning, cancels within a second and opens no network connection.
+Screenshots of the main states go to artifacts/screenshots/ at 1280×800."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6")
+
+from PIL import Image, TiffImagePlugin
+from PySide6.QtCore import QMimeData, QPoint, QSettings, Qt, QTimer, QUrl
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QApplication
+
+from desktop.main_window import MainWindow
+from desktop.results_model import RowStatus
+from desktop.settings import AppSettings
+from geolocsft.geo import to_dms
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+
+
+def save_screenshot(widget, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    QApplication.processEvents()
+    widget.grab().save(str(path))
+    return path
+
+
+def _rational(value):
+    frac = Fraction(value).limit_denominator(10_000)
+    return TiffImagePlugin.IFDRational(frac.numerator, frac.denominator)
+
+
+def _gps(lat: float, lon: float) -> dict:
+    return {1: "N" if lat >= 0 else "S", 2: (_rational(abs(lat)), _rational(0), _rational(0)),
+            3: "E" if lon >= 0 else "W", 4: (_rational(abs(lon)), _rational(0), _rational(0))}
+
+
+def make_photo(path: Path, seed: int, size=(320, 200), gps=None, orientation=None) -> Path:
+    image = Image.new("RGB", size)
+    pixels = image.load()
+    for y in range(0, size[1]):
+        for x in range(0, size[0]):
+            pixels[x, y] = ((x * 255 // size[0] + seed * 50) % 256, (y * 255 // size[1]) % 256,
+                            (seed * 97) % 256)
+    exif = Image.Exif()
+    if gps:
+        exif.get_ifd(0x8825).update(_gps(*gps))
+    if orientation:
+        exif[0x0112] = orientation
+    image.save(path, "JPEG", quality=88, exif=exif)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    make_photo(folder / "a_paris.jpg", 1, gps=(48.8584, 2.2945))
+    make_photo(folder / "b_sydney.jpg", 2, gps=(-33.8568, 151.2153))
+    # Stored landscape, EXIF says "rotate 90° CW": shown upright it is portrait.
+    make_photo(folder / "c_rotated.jpg", 3, size=(320, 180), orientation=6)
+    make_photo(folder / "d_plain.png", 4)
+    (folder / "e_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    return folder
+
+
+@pytest.fixture
+def settings(tmp_path) -> AppSettings:
+    q = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    s = AppSettings(q)
+    s.models_dir = str(tmp_path / "no-models")
+    return s
+
+
+@pytest.fixture
+def window(qtbot, settings, tmp_path):
+    win = MainWindow(settings=settings, store_path=tmp_path / "store" / "results.sqlite")
+    qtbot.addWidget(win)
+    win.resize(1280, 800)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    win.close()
+
+
+GOOD = ["a_paris.jpg", "b_sydney.jpg", "c_rotated.jpg", "d_plain.png"]
+
+
+def test_open_folder_thumbnails_preview_and_table(window, qtbot, photo_folder):
+    assert "no models" in window.model_combo.currentText()
+    assert not window.locate_action.isEnabled()
+    window.open_folder(photo_folder)
+    assert [r.path.name for r in window.results.rows] == GOOD + ["e_broken.jpg"]
+    # Thumbnails are decoded off the GUI thread as the view paints them.
+    qtbot.waitUntil(lambda: window.thumbs.loaded_count == len(GOOD)
+                    and len(window.thumbs.errors) == 1, timeout=10_000)
+    assert "e_broken.jpg" in next(iter(window.thumbs.errors.values()))
+    broken = window.results.row(photo_folder / "e_broken.jpg")
+    assert broken.status == RowStatus.ERROR and "e_broken.jpg" in broken.message
+    # The first photo is selected: preview and the EXIF ground truth on the map.
+    qtbot.waitUntil(lambda: window._preview_image is not None, timeout=10_000)
+    assert window.map.truth == pytest.approx((48.8584, 2.2945), abs=1e-4)
+    assert window.map.prediction is None
+    window.map.wait_for_levels()  # the finer basemap levels are prepared in the background
+    assert window.map.level == window.map.level_for_zoom(window.map.zoom)
+    save_screenshot(window, "window-folder")
+
+    # The rotated photo previews upright (portrait).
+    window.select_photo(photo_folder / "c_rotated.jpg")
+    qtbot.waitUntil(lambda: window._preview_path.endswith("c_rotated.jpg")
+                    and window._preview_image is not None
+                    and window._preview_image.height() > window._preview_image.width(),
+                    timeout=10_000)
+    icon = window.thumbs.icons[str(photo_folder / "c_rotated.jpg")]
+    size = icon.availableSizes()[0]
+    assert size.height() > size.width()
+
+    # Filter and sort go through the proxy.
+    window.filter_edit.setText("sydney")
+    assert window.proxy.rowCount() == 1
+    window.filter_edit.clear()
+    window.status_filter.setCurrentText("Errors and no answer")
+    assert window.proxy.rowCount() == 1
+    window.status_filter.setCurrentText("All photos")
+    window.table.sortByColumn(0, Qt.SortOrder.DescendingOrder)
+    first = window.proxy.index(0, 0).data()
+    assert first == "e_broken.jpg"
+
+
+def test_drop_a_folder_recent_folders_and_settings_persist(window, qtbot, photo_folder, settings,
+                                                           tmp_path):
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(photo_folder))])
+    drop = QDropEvent(QPoint(100, 100).toPointF(), Qt.DropAction.CopyAction, mime,
+                      Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    window.dropEvent(drop)
+    assert window.folder == photo_folder and len(window.results.rows) == 5
+    assert window.recent_menu.actions()[0].text() == str(photo_folder)
+
+    settings.samples = 3
+    settings.threads = 2
+    settings.sync()
+    again = AppSettings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    assert again.recent_folders[0] == str(photo_folder)
+    assert (again.samples, again.threads) == (3, 2)
+    assert again.engine_options().samples == 3
+    assert "geolocsft" in window.about_text() and "Natural Earth" in window.about_text()
+
+
+def test_a_missing_folder_is_reported_in_the_window(window, tmp_path):
+    window.open_folder(tmp_path / "nope")
+    assert window.problems and "nope: not a folder" in window.problems[-1]
+    assert window.statusBar().currentMessage().endswith("not a folder")
+
+
+# ------------------------------------------------------------------ runs with the tiny model
+
+@pytest.fixture
+def model_window(qtbot, tmp_path, tiny_qwen_folder, no_network):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny-qwen").symlink_to(Path(tiny_qwen_folder), target_is_directory=True)
+    q = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    settings = AppSettings(q)
+    settings.models_dir = str(models)
+    settings.threads = 1
+    # Short string values: the untrained model fills each one to the cap, and the grammar then
+    # leads it to a parseable answer (as in test_engine).
+    win = MainWindow(settings=settings, store_path=tmp_path / "store" / "results.sqlite",
+                     engine_kwargs={"max_tokens": 700, "n_ctx": 2048, "max_value_chars": 12})
+    qtbot.addWidget(win)
+    win.resize(1280, 800)
+    win.show()
+    qtbot.waitExposed(win)
+    qtbot.waitUntil(lambda: win.spec is not None or bool(win.problems), timeout=60_000)
+    assert win.spec is not None, win.problems
+    yield win
+    win.close()
+
+
+@pytest.mark.slow
+def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_folder):
+    win = model_window
+    assert "tiny-qwen" in win.model_combo.currentText() or win.model_combo.count() == 1
+    win.open_folder(photo_folder)
+    pieces = []
+    win.thread.worker.token.connect(lambda path, piece: pieces.append((path, piece)))
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
+    paths = [str(photo_folder / n) for n in ("a_paris.jpg", "b_sydney.jpg", "e_broken.jpg")]
+    assert win.start_run(paths)
+    assert win.cancel_action.isEnabled() and not win.locate_action.isEnabled()
+    with qtbot.waitSignal(win.thread.worker.runFinished, timeout=120_000) as finished:
+        pass
+    # The window's own (queued) handlers run after every outcome it was sent.
+    qtbot.waitUntil(lambda: not win.running, timeout=5_000)
+    timer.stop()
+    summary = finished.args[0]
+    assert summary is not None and not summary.cancelled
+    assert summary.count("computed") == 2 and summary.count("error") == 1
+    # The event loop kept turning: the 20 ms timer fired all along the run (a GUI blocked by
+    # the model would stall for a whole photo, ~10 s; 2 s leaves room for a loaded machine).
+    run_s = ticks[-1] - ticks[0]
+    assert len(ticks) > run_s / 0.02 / 4
+    assert max(b - a for a, b in zip(ticks, ticks[1:])) < 2.0
+
+    paris = win.results.row(photo_folder / "a_paris.jpg")
+    assert paris.status == RowStatus.DONE and paris.result.has_point
+    assert {p for p, _ in pieces} >= {paths[0], paths[1]}
+    streamed = "".join(piece for p, piece in pieces if p == paths[0])
+    assert streamed and paris.result.outputs[0]["text"] == streamed
+    broken = win.results.row(photo_folder / "e_broken.jpg")
+    assert broken.status == RowStatus.ERROR and "e_broken.jpg" in broken.message
+    assert any("e_broken.jpg" in p for p in win.problems)
+
+    # Select the Paris photo: the reasoning, the answer and the marker at the parsed point.
+    win.select_photo(photo_folder / "b_sydney.jpg")
+    win.select_photo(photo_folder / "a_paris.jpg")
+    assert win.reasoning.plain_text() == streamed
+    result = paris.result
+    assert win.map.prediction == (result.latitude, result.longitude)
+    marker = win.map.overlay_items("prediction")[0]
+    # (Web Mercator ends at ±85.05°: an untrained model's polar guess sits on that edge.)
+    assert marker.scenePos() == win.map.scene_pos(result.latitude, result.longitude)
+    if abs(result.latitude) < 85:
+        assert win.map.lat_lon_at(marker.scenePos()) == pytest.approx(
+            (result.latitude, result.longitude), abs=1e-6)
+    assert win.answer.decimal.text() == f"{result.latitude:.6f}, {result.longitude:.6f}"
+    assert win.answer.dms.text() == to_dms(result.latitude, result.longitude)
+    assert win.map.truth == pytest.approx((48.8584, 2.2945), abs=1e-4)
+    assert win.map.error_km == pytest.approx(result.truth_km, abs=0.01)
+    assert win.map.result_points and (result.latitude, result.longitude) in win.map.result_points
+    assert "image encode" in win.answer.timings.text()
+    save_screenshot(win, "window-finished-photo")
+
+    # Several guesses: the cloud and the geodesic confidence circle around the consensus.
+    sampled = win.engine_options()
+    sampled = type(sampled)(threads=sampled.threads, samples=3, temperature=0.8,
+                            engine_kwargs=sampled.engine_kwargs)
+    with qtbot.waitSignal(win.thread.worker.runFinished, timeout=120_000):
+        assert win.start_run([str(photo_folder / "d_plain.png")], sampled)
+    qtbot.waitUntil(lambda: not win.running, timeout=5_000)
+    plain = win.results.row(photo_folder / "d_plain.png")
+    assert plain.status == RowStatus.DONE and plain.result.samples == 3
+    win.select_photo(photo_folder / "d_plain.png")
+    assert len(win.map.overlay_items("guesses")) == 3
+    if plain.result.radius_km:
+        assert win.map.overlay_items("circle")
+    assert "guesses within" in win.answer.confidence.text()
+    save_screenshot(win, "window-guesses")
+
+    # Export writes the core's CSV/GeoJSON/KML and never replaces them unasked.
+    out = photo_folder.parent / "export"
+    written = win.export_to(out)
+    assert [p.suffix for p in written] == [".csv", ".geojson", ".kml"]
+    assert "a_paris.jpg" in written[0].read_text()
+    before = written[0].read_bytes()
+    assert win.export_to(out, confirm_replace=lambda path: False) == []
+    assert "not replaced" in win.problems[-1] and written[0].read_bytes() == before
+
+    # A second run of the same photos comes from the store at once.
+    with qtbot.waitSignal(win.thread.worker.runFinished, timeout=60_000) as again:
+        win.start_run(paths[:2])
+    assert again.args[0].count("skipped") == 2
+    qtbot.waitUntil(lambda: not win.running, timeout=5_000)
+
+
+def test_app_command_registers_without_importing_qt():
+    import subprocess
+    import sys
+
+    code = ("import sys; from geolocsft.cli import build_parser; "
+            "p = build_parser(); a = p.parse_args(['app', '/tmp/x']); "
+            "print(a.folder, 'PySide6' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent, check=True).stdout
+    assert out.split() == ["/tmp/x", "False"]
+
+
+@pytest.mark.slow
+def test_cancel_stops_within_a_second(model_window, qtbot, photo_folder, tmp_path):
+    win = model_window
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(8):
+        make_photo(many / f"p{i}.jpg", 10 + i)
+    win.open_folder(many)
+    first_token = []
+    win.thread.worker.token.connect(lambda path, piece: first_token.append(time.perf_counter()))
+    win.activateWindow()
+    qtbot.keyClick(win, Qt.Key.Key_L, Qt.KeyboardModifier.ControlModifier
+                   | Qt.KeyboardModifier.ShiftModifier)  # Locate all
+    assert win.running
+    qtbot.waitUntil(lambda: bool(first_token), timeout=60_000)
+    started = time.perf_counter()
+    with qtbot.waitSignal(win.thread.worker.runFinished, timeout=5_000) as finished:
+        qtbot.keyClick(win, Qt.Key.Key_Escape)
+    assert time.perf_counter() - started < 1.0
+    qtbot.waitUntil(lambda: not win.running, timeout=5_000)
+    summary = finished.args[0]
+    assert summary.cancelled and len(summary.outcomes) < 8
+    assert not win.running and win.locate_all_action.isEnabled()
+    assert any(r.status == RowStatus.CANCELLED for r in win.results.rows)

@@ -1,0 +1,95 @@
+"""End-of-run evaluation on the held-out split, with the core's parser and metrics.
+
+Greedy decoding with Hugging Face `generate` (the paper's single-pass inference), the answer read
+by `geolocsft.protocol.parse_output` and scored by `geolocsft.geo.score`: the same numbers the
+benchmark reports for a GGUF build, so a drop after conversion is visible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from geolocsft import geo, protocol
+from geolocsft.images import ImageError, prepare_image
+
+
+def generate_text(model: Any, processor: Any, prompt_messages: list, image: Any,
+                  max_new_tokens: int) -> str:
+    """One greedy answer for one photo (batch of one: no left-padding subtleties)."""
+    import torch
+
+    text = processor.apply_chat_template(prompt_messages, tokenize=False,
+                                         add_generation_prompt=True)
+    inputs = processor(text=[text], images=[[image]], return_tensors="pt",
+                       add_special_tokens=False)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
+              for k, v in inputs.items() if hasattr(v, "to")}
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new_tokens = output[0, inputs["input_ids"].shape[1]:]
+    return processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def evaluate(model: Any, processor: Any, records: list, budget: Any, out_dir: Path,
+             max_new_tokens: int = 768, bootstrap: int = 1000) -> dict:
+    """Generate, parse and score every held-out record; writes predictions.jsonl and
+    scores.json into `out_dir` and returns the scores (Scores.to_dict())."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    predictions, rows = [], []
+    try:
+        for record in records:
+            row = {"id": record.id, "latitude": record.latitude, "longitude": record.longitude}
+            try:
+                image = prepare_image(record.image, budget)
+            except ImageError as exc:  # checked at load time; a file changed since
+                row.update(status="image_error", reason=str(exc), output="")
+                predictions.append(row)
+                rows.append((None, None, record.latitude, record.longitude))
+                continue
+            text = generate_text(model, processor, record.prompt_messages, image,
+                                 max_new_tokens)
+            parsed = protocol.parse_output(text)
+            row.update(status=parsed.status.value, reason=parsed.reason,
+                       pred_latitude=parsed.latitude, pred_longitude=parsed.longitude,
+                       output=text)
+            if parsed.ok:
+                row["distance_km"] = geo.distance_km(parsed.latitude, parsed.longitude,
+                                                     record.latitude, record.longitude)
+            predictions.append(row)
+            rows.append((parsed.latitude if parsed.ok else None,
+                         parsed.longitude if parsed.ok else None,
+                         record.latitude, record.longitude))
+    finally:
+        model.train(was_training)
+    scores = geo.score(rows, bootstrap=bootstrap).to_dict()
+    write_jsonl_atomic(out_dir / "predictions.jsonl", predictions)
+    write_json_atomic(out_dir / "scores.json", scores)
+    return scores
