@@ -7,7 +7,6 @@ when complete, so an interrupted run never leaves a half-written folder under th
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -22,6 +21,7 @@ from convert.families import family_module, family_of
 from convert.gguf import convert_checkpoint, model_file_name
 from convert.merge import read_adapter_config, resolve_base, merge_adapter, sha256_adapter
 from convert.quantize import DEFAULT_QUANT, QuantReport, quantize
+from geolocsft.fsutil import read_json
 
 TRAINING_RECORD = "training_record.json"  # written by the trainer beside the adapter
 # Below this top-token agreement between the f16 GGUF and the HF model, conversion is suspect.
@@ -62,11 +62,7 @@ class BuildResult:
 def _training_record(adapter_dir: Path | None) -> dict:
     if adapter_dir is None or not (Path(adapter_dir) / TRAINING_RECORD).is_file():
         return {}
-    path = Path(adapter_dir) / TRAINING_RECORD
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConvertError(f"{path}: not readable JSON ({exc})") from None
+    return read_json(Path(adapter_dir) / TRAINING_RECORD, ConvertError)
 
 
 def build_model_folder(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from convert.errors import AdapterError, ConvertError, check_writable_dir, refuse_existing, remove_path
 from convert.families import family_of, read_config
+from geolocsft.fsutil import read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -27,12 +28,8 @@ def read_adapter_config(adapter_dir: Path) -> dict:
     if not adapter_dir.is_dir():
         raise AdapterError(f"{adapter_dir}: adapter folder not found")
     path = adapter_dir / ADAPTER_CONFIG
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AdapterError(f"{path}: missing (not a peft LoRA adapter folder)") from None
-    except (OSError, ValueError) as exc:
-        raise AdapterError(f"{path}: corrupt adapter config ({exc})") from None
+    config = read_json(path, AdapterError, missing="missing (not a peft LoRA adapter folder)",
+                       unreadable="corrupt adapter config")
     if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{path}: not a LoRA adapter config (peft_type {config.get('peft_type')!r})")
     return config
@@ -240,9 +237,4 @@ def processor_source(base_dir: Path, adapter_dir: Path | None) -> Path:
 
 def read_merge_info(ckpt_dir: Path) -> dict:
     path = Path(ckpt_dir) / MERGE_INFO
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConvertError(f"{path}: not readable JSON ({exc})") from None
+    return read_json(path, ConvertError) if path.is_file() else {}

@@ -44,9 +44,9 @@ class QuantReport:
 
 def tensor_types(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Tensor name -> (ggml type name, shape), from the file's header."""
-    from convert.gguf_header import read_header
+    from geolocsft.gguf_header import read_gguf
 
-    return {t.name: (t.type_name, t.shape) for t in read_header(path).tensors}
+    return {t.name: (t.type_name, t.shape) for t in read_gguf(path).tensors}
 
 
 def _k_fallbacks(types: dict[str, tuple[str, tuple[int, ...]]]) -> list[str]:

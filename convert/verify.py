@@ -33,14 +33,14 @@ class LogitReport:
 
 def read_metadata(path: str | Path) -> dict:
     """The GGUF's metadata (long arrays such as the vocabulary shown as ArrayInfo(type, length))
-    plus "tensors" (the tensor count). See convert.gguf_header for why not gguf.GGUFReader."""
-    from convert.gguf_header import GGUFHeaderError, read_header
+    plus "tensors" (the tensor count). See geolocsft.gguf_header for why not gguf.GGUFReader."""
+    from geolocsft.gguf_header import GGUFFormatError, read_gguf
 
     try:
-        header = read_header(path)
-    except GGUFHeaderError as exc:
+        header = read_gguf(path)
+    except GGUFFormatError as exc:
         raise ConvertError(str(exc)) from None
-    return {**header.metadata, "tensors": len(header.tensors)}
+    return {**header.metadata, "tensors": header.n_tensors}
 
 
 def _png_data_uri(image) -> str:
@@ -69,6 +69,7 @@ def _chat_handler(family: str, mmproj: Path):
 
         class Gemma3VerifyHandler(llama_chat_format.Llava15ChatHandler):
             # Gemma 3's turn format; mtmd adds <start_of_image>..<end_of_image> itself.
+            DEFAULT_SYSTEM_MESSAGE = None  # Gemma has no system turn; Llava's default would add one
             CHAT_FORMAT = (
                 "{% for message in messages %}"
                 "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"

@@ -11,26 +11,53 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QItemSelectionModel, QModelIndex, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import (QItemSelectionModel, QModelIndex, QObject, QRunnable, QSize, Qt,
+                            QThreadPool, QTimer, Signal)
 from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QImage, QKeySequence, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxLayout,
                                QHeaderView, QLabel, QLineEdit, QListView, QMainWindow,
-                               QMessageBox, QProgressBar, QSplitter, QTableView, QToolBar,
-                               QVBoxLayout, QWidget)
+                               QMessageBox, QProgressBar, QSplitter, QTableView, QTabWidget,
+                               QToolBar, QVBoxLayout, QWidget)
 
+from desktop.benchmark import REPORT_FILES, BenchmarkPane, copy_report
 from desktop.map_view import MapView
 from desktop.panes import AnswerPane, ReasoningPane
 from desktop.results_model import (STATUS_FILTERS, ResultsModel, ResultsProxy, RowStatus,
                                    status_of)
 from desktop.settings import AppSettings, SettingsDialog
 from desktop.thumbnails import PREVIEW_SIZE, ImageLoader, ThumbnailModel
-from desktop.worker import EngineOptions, WorkerThread
+from desktop.worker import BenchRequest, EngineOptions, WorkerThread
+
+
+class _ScanSignals(QObject):
+    done = Signal(int, str, list, list)  # scan number, folder, photo paths, problems
+
+
+class _FolderScan(QRunnable):
+    """Walks a folder for photos (`geolocsft.locate.find_photos`) off the GUI thread: a
+    folder on a slow disk or with many thousands of files must not freeze the window."""
+
+    def __init__(self, number: int, folder: Path, signals: _ScanSignals):
+        super().__init__()
+        self.number, self.folder, self.signals = number, folder, signals
+
+    def run(self) -> None:
+        from geolocsft.locate import find_photos
+
+        try:
+            items, problems = find_photos([self.folder])
+            paths = [item.path for item in items]
+        except Exception as exc:  # a folder that vanished or cannot be listed
+            paths, problems = [], [f"{self.folder}: cannot be read ({exc})"]
+        self.signals.done.emit(self.number, str(self.folder), paths, list(problems))
 
 
 class MainWindow(QMainWindow):
     # Queued into the worker thread.
     requestLoad = Signal(str, object)
     requestRun = Signal(list, object)
+    requestBench = Signal(object, object)
+    folderOpened = Signal(str)  # after the scan of a folder has filled the window
 
     def __init__(self, settings: AppSettings | None = None, store_path: str | Path | None = None,
                  basemap=None, engine_kwargs: dict | None = None):
@@ -46,7 +73,17 @@ class MainWindow(QMainWindow):
         self.folder: Path | None = None
         self.spec = None  # ModelSpec of the loaded model
         self.running = False
+        self.run_kind = ""  # "photos" or "benchmark" while running
         self.run_started = 0.0
+        self._live_path = ""  # the photo being located now, and its text so far
+        self._live_text: list[str] = []
+        self._scan_number = 0
+        self._scan_pool = QThreadPool(self)
+        self._scan_pool.setMaxThreadCount(1)
+        self._scan_signals = _ScanSignals(self)
+        self._scan_signals.done.connect(self._on_folder_scanned)
+        self.scanning: Path | None = None
+        self._bench_request: BenchRequest | None = None
         self.last_summary = None
         self.problems: list[str] = []
         self.store = ResultStore(store_path or default_store_path())
@@ -140,7 +177,16 @@ class MainWindow(QMainWindow):
         main.addWidget(right)
         main.setSizes([300, 420, 560])
         main.setStretchFactor(2, 1)
-        self.setCentralWidget(main)
+        self.bench = BenchmarkPane(self.map.basemap, self.settings.samples,
+                                   form=self.settings.bench_form())
+        self.bench.runRequested.connect(self.start_benchmark)
+        self.bench.cancelRequested.connect(self.cancel_run)
+        self.bench.saveRequested.connect(self.save_report)
+        self.modes = QTabWidget()
+        self.modes.setDocumentMode(True)
+        self.modes.addTab(main, "Photos")
+        self.modes.addTab(self.bench, "Benchmark")
+        self.setCentralWidget(self.modes)
 
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(220)
@@ -175,6 +221,10 @@ class MainWindow(QMainWindow):
                                         keys("Ctrl+Shift+C"))
         self.filter_action = self._action("Filter results", self._focus_filter, keys("Ctrl+F"))
         self.export_action = self._action("Export results…", self.export_results, keys("Ctrl+E"))
+        self.xmp_action = self._action("Write XMP sidecars", self.write_xmp, keys("Ctrl+Shift+X"),
+                                       "Write photo.ext.xmp sidecars (digiKam, darktable) for "
+                                       "the located photos")
+        self.bench_action = self._action("Benchmark mode", self.show_benchmark, keys("Ctrl+B"))
         self.reload_models_action = self._action("Rescan model folders", self.refresh_models)
         self.world_action = self._action("Whole world", self.map.show_world, keys("Ctrl+0"))
         self.locate_action.setEnabled(False)
@@ -186,13 +236,14 @@ class MainWindow(QMainWindow):
         self.recent_menu = menu.addMenu("Open &recent")
         self._fill_recent_menu()
         menu.addAction(self.export_action)
+        menu.addAction(self.xmp_action)
         menu.addSeparator()
         menu.addAction(self.settings_action)
         menu.addSeparator()
         menu.addAction(self.quit_action)
         run = self.menuBar().addMenu("&Run")
         for action in (self.locate_action, self.locate_all_action, self.cancel_action,
-                       self.reload_models_action):
+                       self.bench_action, self.reload_models_action):
             run.addAction(action)
         view = self.menuBar().addMenu("&View")
         view.addAction(self.world_action)
@@ -233,6 +284,13 @@ class MainWindow(QMainWindow):
         worker.progress.connect(self._on_progress)
         worker.runFinished.connect(self._on_run_finished)
         worker.runFailed.connect(self.report_problem)
+        self.requestBench.connect(worker.run_benchmark)
+        worker.benchSamples.connect(self._on_bench_samples)
+        worker.benchProgress.connect(self._on_progress)
+        worker.benchPhotoStarted.connect(self.bench.photo_started)
+        worker.benchToken.connect(self.bench.token)
+        worker.benchOutcome.connect(self.bench.add_outcome)
+        worker.benchFinished.connect(self._on_bench_finished)
         self.thread.start()
 
     # ------------------------------------------------------------------ folders
@@ -243,8 +301,8 @@ class MainWindow(QMainWindow):
             self.open_folder(folder)
 
     def open_folder(self, folder: str | Path) -> None:
-        from geolocsft.locate import find_photos
-
+        """Scan the folder on a pool thread; `_on_folder_scanned` fills the window (and
+        `folderOpened` tells scripts and tests)."""
         folder = Path(folder)
         if not folder.is_dir():
             self.report_problem(f"{folder}: not a folder")
@@ -252,8 +310,22 @@ class MainWindow(QMainWindow):
         if self.running:
             self.report_problem("a run is in progress: cancel it before opening another folder")
             return
-        items, _ = find_photos([folder])
-        paths = [item.path for item in items]
+        self._scan_number += 1  # a newer request makes any earlier scan's answer stale
+        self.scanning = folder
+        self.statusBar().showMessage(f"Looking for photos in {folder}…")
+        self._scan_pool.start(_FolderScan(self._scan_number, folder, self._scan_signals))
+
+    def _on_folder_scanned(self, number: int, folder_text: str, paths: list,
+                           problems: list) -> None:
+        if number != self._scan_number:
+            return
+        self.scanning = None
+        folder = Path(folder_text)
+        if self.running:  # a run started while the scan was going on: keep its folder
+            self.report_problem("a run is in progress: cancel it before opening another folder")
+            return
+        for line in problems:
+            self.report_problem(line)
         self.folder = folder
         self.thumbs.set_paths(paths)
         self.results.set_photos(paths)
@@ -269,6 +341,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Opened {folder}: {len(paths)} photos", 5000)
         if paths:
             self.select_photo(paths[0])
+        self.folderOpened.emit(str(folder))
 
     def _fill_recent_menu(self) -> None:
         self.recent_menu.clear()
@@ -439,7 +512,10 @@ class MainWindow(QMainWindow):
             self._preview_path = path
             self.preview.setText(f"Loading {Path(path).name}…")
             self.loader.request(path, PREVIEW_SIZE)
-        if not (self.running and self.reasoning.path == path and row.status == RowStatus.RUNNING):
+        if self.running and path == self._live_path and row.status == RowStatus.RUNNING:
+            if self.reasoning.path != path:  # back on the running photo: its text so far
+                self.reasoning.show_text(path, Path(path).name, "".join(self._live_text))
+        else:
             text = ""
             if row.result is not None:
                 outputs = row.result.outputs
@@ -524,6 +600,9 @@ class MainWindow(QMainWindow):
                 self.report_problem("choose a model first (it loads in the background)")
             return False
         self.running = True
+        self.run_kind = "photos"
+        self._live_path = ""
+        self._live_text = []
         self.run_started = time.perf_counter()
         for path in paths:
             self.results.update(path, status=RowStatus.QUEUED, message="")
@@ -541,11 +620,19 @@ class MainWindow(QMainWindow):
             self.eta_label.setText("cancelling…")
 
     def _on_photo_started(self, path: str) -> None:
+        # Follow the run only while the user is on the photo the run was on (or on nothing):
+        # someone who selected another photo to look at keeps it.
+        follow = self.current_path() in ("", self._live_path) or not self._live_path
+        self._live_path = path
+        self._live_text = []
         self.results.update(path, status=RowStatus.RUNNING)
-        self.reasoning.start(path, Path(path).name)
-        self.select_photo(path)
+        if follow:
+            self.reasoning.start(path, Path(path).name)
+            self.select_photo(path)
 
     def _on_token(self, path: str, piece: str) -> None:
+        if path == self._live_path:
+            self._live_text.append(piece)
         if path == self.reasoning.path:
             self.reasoning.append(piece)
 
@@ -576,6 +663,8 @@ class MainWindow(QMainWindow):
 
     def _on_run_finished(self, summary) -> None:
         self.running = False
+        self.run_kind = ""
+        self._live_path = ""
         self.last_summary = summary
         for row in self.results.rows:
             if row.status in (RowStatus.QUEUED, RowStatus.RUNNING):
@@ -602,6 +691,147 @@ class MainWindow(QMainWindow):
         self.cancel_action.setEnabled(self.running)
         self.model_combo.setEnabled(not self.running)
         self.open_action.setEnabled(not self.running)
+        self.xmp_action.setEnabled(not self.running)
+        self.bench.set_running(self.running, model_ready=self.spec is not None)
+
+    # ------------------------------------------------------------------ benchmark mode
+    def show_benchmark(self) -> None:
+        self.modes.setCurrentWidget(self.bench)
+
+    def start_benchmark(self, request: BenchRequest | None = None, confirm_replace=None) -> bool:
+        """Run a benchmark set through `bench_run.run_benchmark` on the worker (the form's
+        run when `request` is None). A report folder that already holds a report is resumed
+        into (its store skips finished photos; the report is rewritten) only when
+        `confirm_replace(report_json)` says yes."""
+        if self.running:
+            self.report_problem("a run is in progress: cancel it first")
+            return False
+        if self.spec is None:
+            self.report_problem("choose a model first (it loads in the background)")
+            return False
+        if request is None:
+            try:
+                request = self.bench.request(self.spec.name)
+            except ValueError as exc:
+                self.report_problem(str(exc))
+                return False
+            self.settings.set_bench_form(self.bench.form_values())
+            confirm_replace = confirm_replace or self._confirm_report_replace
+        existing = Path(request.out_dir) / "report.json"
+        if existing.exists() and not (confirm_replace and confirm_replace(existing)):
+            self.report_problem(f"{existing}: a report is there; not replaced")
+            return False
+        self.running = True
+        self.run_kind = "benchmark"
+        self.run_started = time.perf_counter()
+        self._bench_request = request
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        self.eta_label.setText("reading the benchmark set…")
+        self._update_actions()
+        self.requestBench.emit(request, self.engine_options())
+        return True
+
+    def _on_bench_samples(self, data) -> None:
+        self.bench.start(data, self._bench_request.samples)
+        self.progress.setRange(0, len(data.samples))
+        self.progress.setValue(0)
+
+    def _on_bench_finished(self, result) -> None:
+        self.running = False
+        self.run_kind = ""
+        self.progress.setVisible(False)
+        if result is None:
+            self.eta_label.setText("benchmark failed")
+        else:
+            what = "cancelled" if result.cancelled else "finished"
+            self.eta_label.setText(f"benchmark {what} in "
+                                   f"{time.perf_counter() - self.run_started:.1f} s")
+            self.statusBar().showMessage(f"report: {result.out_dir / 'report.md'}", 15000)
+        self.bench.finish(result)
+        self._update_actions()
+
+    def _confirm_report_replace(self, existing: Path) -> bool:
+        answer = QMessageBox.question(
+            self, "Resume into this report folder?",
+            f"{existing} exists. Run into this folder anyway? Photos already in its results "
+            f"store are not run again, and its report files are rewritten.")
+        return answer == QMessageBox.StandardButton.Yes
+
+    def save_report(self) -> None:
+        if self.bench.result is None:
+            self.report_problem("no benchmark report yet: run one first")
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Save the report to",
+                                                  str(self.bench.result.out_dir))
+        if folder:
+            self.save_report_to(folder, confirm_replace=self._confirm_replace)
+
+    def save_report_to(self, folder: str | Path, confirm_replace=None) -> list[Path]:
+        """Copy the last benchmark's report files (report.md/json, predictions.csv, plots)."""
+        if self.bench.result is None:
+            self.report_problem("no benchmark report yet: run one first")
+            return []
+        folder = Path(folder)
+        if folder.resolve() == Path(self.bench.result.out_dir).resolve():
+            return [folder / name for name in REPORT_FILES if (folder / name).exists()]
+        try:
+            written = copy_report(Path(self.bench.result.out_dir), folder, confirm_replace)
+        except (OSError, FileExistsError) as exc:
+            self.report_problem(str(exc))
+            return []
+        self.statusBar().showMessage(f"report saved to {folder}", 8000)
+        return written
+
+    # ------------------------------------------------------------------ XMP sidecars
+    def write_xmp(self) -> None:
+        self.write_xmp_sidecars(confirm_replace=self._confirm_sidecars)
+
+    def _confirm_sidecars(self, existing: list[Path]) -> bool:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        answer = QMessageBox.question(
+            self, "Replace XMP sidecars?",
+            f"{existing[0]}{more} exist. Write the model's estimate into them? Their other "
+            f"properties are kept; GPS and place fields are replaced.")
+        return answer == QMessageBox.StandardButton.Yes
+
+    def write_xmp_sidecars(self, confirm_replace=None) -> list:
+        """`photo.ext.xmp` for every located photo of the folder, as `geolocsft locate --xmp`
+        writes them (`geolocsft.export_xmp.write_sidecar`). Photos that already have a sidecar
+        are written only when `confirm_replace(existing sidecars)` says yes (then with force,
+        like `--xmp --force`); otherwise they are skipped. Returns the TagOutcomes."""
+        from geolocsft.export_xmp import TagOutcome, sidecar_path, write_sidecar
+
+        located = [(row.path, row.result) for row in self.results.rows
+                   if row.result is not None and row.result.has_point]
+        if not located:
+            self.report_problem("no located photos to write sidecars for yet")
+            return []
+        existing = [sidecar_path(p) for p, _ in located if sidecar_path(p).exists()]
+        replace = bool(existing) and bool(confirm_replace and confirm_replace(existing))
+        outcomes = []
+        for photo, result in located:
+            target = sidecar_path(photo)
+            if target.exists() and not replace:
+                outcomes.append(TagOutcome(target, "skipped", "exists; not replaced"))
+                continue
+            try:
+                outcome = write_sidecar(photo, result, force=replace)
+            except Exception as exc:  # e.g. pyexiv2 missing: say so, go on with the batch
+                outcome = TagOutcome(target, "error", str(exc))
+            outcomes.append(outcome)
+        counts: dict[str, int] = {}
+        for outcome in outcomes:
+            counts[outcome.action] = counts.get(outcome.action, 0) + 1
+            if outcome.action == "error":
+                self.report_problem(f"{outcome.path}: {outcome.message}")
+        summary = "XMP sidecars: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
+        skipped = [o for o in outcomes if o.action == "skipped"]
+        if skipped:
+            summary += f" ({skipped[0].path.name}: {skipped[0].message})"
+        if "error" not in counts:
+            self.statusBar().showMessage(summary, 10000)
+        return outcomes
 
     # ------------------------------------------------------------------ misc
     def report_problem(self, message: str) -> None:
@@ -697,5 +927,6 @@ class MainWindow(QMainWindow):
         self.loader.clear()
         self.thread.stop()
         self.loader.wait(5000)
+        self._scan_pool.waitForDone(5000)
         self.store.close()
         super().closeEvent(event)

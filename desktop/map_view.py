@@ -3,7 +3,8 @@
 Scene units: the world is a WORLD×WORLD square (see `desktop.projection`), so the view's scale
 is 2^zoom in slippy-map terms. Detail follows zoom: level 0 (110 m countries) at world scale,
 level 1 (10 m simplified to ~2 km: land, lakes, borders, admin-1) from ZOOM_LEVELS[0], level 2
-(~200 m) from ZOOM_LEVELS[1]; a level's items are built the first time it is needed.
+(~200 m) from ZOOM_LEVELS[1]. Levels 1 and 2 are prepared on a pool thread at start
+(`prepare_level`); until one is ready the finest level at hand is shown.
 Overlays (prediction, EXIF truth, geodesic error line with its distance, guesses and their
 confidence circle, all results of the folder) keep a constant size on screen.
 """
@@ -18,7 +19,7 @@ from PySide6.QtCore import (QByteArray, QDataStream, QIODevice, QObject, QPointF
                             QRunnable, Qt, QThreadPool, Signal)
 from PySide6.QtGui import (QBrush, QColor, QFont, QKeyEvent, QPainter, QPainterPath, QPen,
                            QPixmap, QWheelEvent)
-from PySide6.QtWidgets import (QGraphicsEllipseItem, QGraphicsItem, QGraphicsPathItem,
+from PySide6.QtWidgets import (QGraphicsItem, QGraphicsPathItem,
                                QGraphicsPixmapItem, QGraphicsRectItem, QGraphicsScene,
                                QGraphicsSimpleTextItem, QGraphicsView, QApplication)
 

@@ -1,7 +1,8 @@
 """Persistent settings (QSettings) and the settings dialog.
 
 Stored: models folder, threads, image budget (max image tokens; 0 = the model's budget, the
-paper's 1,280 for Qwen2.5-VL), samples per photo, recent folders, MBTiles base map, last model.
+paper's 1,280 for Qwen2.5-VL), samples per photo, recent folders, MBTiles base map, last model,
+the benchmark form.
 """
 
 from __future__ import annotations
@@ -88,6 +89,18 @@ class AppSettings:
     def add_recent_folder(self, folder: str) -> None:
         folders = [folder] + [f for f in self.recent_folders if f != folder]
         self.q.setValue("folders/recent", folders[:MAX_RECENT])
+
+    # The benchmark form (dataset kind, metadata file, images folder, report folder): what the
+    # user ran last is there again next time.
+    BENCH_FIELDS = ("kind", "meta", "images", "out")
+
+    def bench_form(self) -> dict[str, str]:
+        return {name: self._get(f"bench/{name}", "", str) for name in self.BENCH_FIELDS}
+
+    def set_bench_form(self, values: dict[str, str]) -> None:
+        for name in self.BENCH_FIELDS:
+            if name in values:
+                self.q.setValue(f"bench/{name}", str(values[name]))
 
     def engine_options(self):
         from desktop.worker import EngineOptions

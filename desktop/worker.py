@@ -26,6 +26,17 @@ class EngineOptions:
     engine_kwargs: dict = field(default_factory=dict)  # any other Engine keyword argument
 
 
+@dataclass(frozen=True)
+class BenchRequest:
+    """A benchmark run as `geolocsft bench run` takes it."""
+
+    kind: str  # one of geolocsft.bench_run.DATASETS
+    meta: Path | None  # the metadata CSV (None for an EXIF folder)
+    images: Path
+    out_dir: Path  # the report folder; its results store makes a rerun resume
+    samples: int = 1
+
+
 class LocateWorker(QObject):
     modelLoaded = Signal(object)  # ModelSpec
     modelFailed = Signal(str)
@@ -34,7 +45,14 @@ class LocateWorker(QObject):
     token = Signal(str, str)  # path, piece
     outcome = Signal(object)  # geolocsft.locate.PhotoOutcome
     runFinished = Signal(object)  # RunSummary, or None when the run could not start
-    runFailed = Signal(str)
+    runFailed = Signal(str)  # a problem to show; the run may go on
+    # Benchmark mode: the same flow through geolocsft.bench_run.run_benchmark.
+    benchSamples = Signal(object)  # geolocsft.datasets.DatasetResult, before any outcome
+    benchProgress = Signal(object)
+    benchPhotoStarted = Signal(str)
+    benchToken = Signal(str, str)
+    benchOutcome = Signal(object)
+    benchFinished = Signal(object)  # BenchResult, or None when the run could not start/failed
 
     def __init__(self, store):
         super().__init__()
@@ -91,23 +109,12 @@ class LocateWorker(QObject):
         items, problems = find_photos(paths)
         for line in problems:
             self.runFailed.emit(line)
-        temperature = options.temperature
-        if temperature is None:
-            from geolocsft.locate_cli import DEFAULT_SAMPLED_TEMPERATURE
-
-            temperature = DEFAULT_SAMPLED_TEMPERATURE if options.samples > 1 else 0.0
-        last_current = [None]
-
-        def on_progress(progress):
-            if progress.current is not None and progress.current != last_current[0]:
-                last_current[0] = progress.current
-                self.photoStarted.emit(str(progress.current))
-            self.progress.emit(progress)
-
+        temperature = _temperature(options.temperature, options.samples)
         try:
             runner = LocateRunner(
                 self.engine, self.store, samples=max(1, options.samples), temperature=temperature,
-                on_progress=on_progress, on_outcome=self.outcome.emit,
+                on_progress=self._progress_relay(self.photoStarted, self.progress),
+                on_outcome=self.outcome.emit,
                 on_token=lambda item, piece: self.token.emit(str(item.path), piece),
                 cancel=self.cancel_event)
             summary = runner.run(items)
@@ -117,11 +124,74 @@ class LocateWorker(QObject):
             return
         self.runFinished.emit(summary)
 
+    def _progress_relay(self, started, progress):
+        """on_progress for the runner: a photo-started signal when the current photo changes,
+        and the progress itself."""
+        last = [None]
+
+        def on_progress(value):
+            if value.current is not None and value.current != last[0]:
+                last[0] = value.current
+                started.emit(str(value.current))
+            progress.emit(value)
+
+        return on_progress
+
+    @Slot(object, object)
+    def run_benchmark(self, request: BenchRequest, options: EngineOptions) -> None:
+        """Read the benchmark set (an EXIF folder is walked here, off the GUI thread), then
+        `bench_run.run_benchmark`, which writes the report folder at the end."""
+        from geolocsft import bench_run
+        from geolocsft.datasets import DatasetError
+
+        if self.engine is None:
+            self.runFailed.emit("no model is loaded")
+            self.benchFinished.emit(None)
+            return
+        self.cancel_event.clear()
+        try:
+            data = bench_run.read_benchmark(request.kind, request.meta, request.images)
+        except (DatasetError, OSError) as exc:
+            self.runFailed.emit(str(exc))
+            self.benchFinished.emit(None)
+            return
+        for line in data.warnings:
+            self.runFailed.emit(line)
+        if not data.samples:
+            self.runFailed.emit(f"{data.source}: no usable photos")
+            self.benchFinished.emit(None)
+            return
+        self.benchSamples.emit(data)
+        samples_k = max(1, request.samples)
+        try:
+            result = bench_run.run_benchmark(
+                data.samples, self.engine, request.out_dir, dataset=request.kind,
+                images_root=request.images, samples_k=samples_k,
+                temperature=_temperature(options.temperature, samples_k),
+                on_progress=self._progress_relay(self.benchPhotoStarted, self.benchProgress),
+                on_outcome=self.benchOutcome.emit,
+                on_token=lambda item, piece: self.benchToken.emit(str(item.path), piece),
+                cancel=self.cancel_event)
+        except Exception as exc:  # a failing library or a full disk must not kill the thread
+            self.runFailed.emit(f"the benchmark stopped: {exc}")
+            self.benchFinished.emit(None)
+            return
+        self.benchFinished.emit(result)
+
     def close_engine(self) -> None:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
             self.spec = None
+
+
+def _temperature(chosen: float | None, samples: int) -> float:
+    """The CLI's rule: greedy for one guess, its sampling temperature for several."""
+    if chosen is not None:
+        return chosen
+    from geolocsft.locate_cli import DEFAULT_SAMPLED_TEMPERATURE
+
+    return DEFAULT_SAMPLED_TEMPERATURE if samples > 1 else 0.0
 
 
 class WorkerThread(QThread):

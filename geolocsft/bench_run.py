@@ -44,7 +44,7 @@ class BenchResult:
     errors: int
 
 
-def _row(sample: datasets.Sample, outcome: PhotoOutcome | None) -> report.PredictionRow:
+def prediction_row(sample: datasets.Sample, outcome: PhotoOutcome | None) -> report.PredictionRow:
     result = outcome.result if outcome else None
     if result is None:
         status = "error" if outcome else "not run"
@@ -109,7 +109,7 @@ def run_benchmark(samples: list[datasets.Sample], engine, out_dir: Path, *, data
             "temperature": temperature, "settings": runner.settings,
             "versions": _versions(), **(extra_record or {}),
         }
-    rows = [_row(s, outcomes.get(Path(s.image).resolve())) for s in samples]
+    rows = [prediction_row(s, outcomes.get(Path(s.image).resolve())) for s in samples]
     results = [o.result for o in outcomes.values() if o.action == "computed"]
     scores = report.write_report(out_dir, rows, dataset=dataset, record=record,
                                  timings=_timings(results), strict=strict, unparsed=unparsed)

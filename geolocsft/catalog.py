@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from geolocsft import images, protocol
-from geolocsft.engine_gguf import GGUFFormatError, read_gguf
+from geolocsft.gguf_header import GGUFFormatError, read_gguf
 from geolocsft.manifest import (
     Manifest,
     ManifestError,

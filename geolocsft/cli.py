@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "trainer.cli",
     "convert.cli",
     "desktop.cli",
+    "geolocsft.demo_cli",
 ]
 
 

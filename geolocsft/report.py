@@ -8,12 +8,12 @@ import csv
 import io
 import json
 import math
-import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from geolocsft import geo
+from geolocsft.fsutil import atomic_write
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PUBLISHED_FILE = DATA_DIR / "published.toml"
@@ -38,22 +38,6 @@ class PredictionRow:
         if self.pred_lat is None or self.pred_lon is None:
             return None
         return geo.distance_km(self.pred_lat, self.pred_lon, self.true_lat, self.true_lon)
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    try:
-        with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8",
-                                                                    "newline": ""})) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def predictions_csv(rows: list[PredictionRow]) -> str:

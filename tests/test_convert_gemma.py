@@ -66,8 +66,8 @@ def test_llama_cpp_answers_an_image_prompt(built, tmp_path):
     q8 = quantize(built.folder / "model-F16.gguf", tmp_path / "model-Q8_0.gguf", "Q8_0")
     out = answer_image(q8.path, built.folder / "mmproj-f16.gguf", "gemma3")
     assert out["completion_tokens"] > 0
-    # The image's 16 soft tokens reach the model besides the text.
-    assert out["prompt_tokens"] > 16
+    # The image's 16 soft tokens reach the model besides ~20 text tokens (no system turn).
+    assert 16 < out["prompt_tokens"] < 64
     meta = read_metadata(built.folder / "model-Q4_K_M.gguf")
     assert meta["general.architecture"] == "gemma3"
     assert read_metadata(built.folder / "mmproj-f16.gguf")["clip.projector_type"] == "gemma3"

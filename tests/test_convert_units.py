@@ -184,14 +184,14 @@ def test_tiny_qwen_loads_and_sees_an_image(tiny_qwen_dir):
 # --- GGUF header reader --------------------------------------------------------------------
 
 def test_header_reader_agrees_with_gguf_py(tiny_qwen_folder, source):
-    """The fast reader gives what gguf-py's GGUFReader gives (on the small projector file,
-    where GGUFReader is quick)."""
-    from convert.gguf_header import ArrayInfo, read_header
+    """The core's fast reader gives what gguf-py's GGUFReader gives (on the small projector
+    file, where GGUFReader is quick)."""
+    from geolocsft.gguf_header import ArrayInfo, read_gguf
     from convert.llamacpp import import_bundled_gguf
 
     path = tiny_qwen_folder / "mmproj-f16.gguf"
     reader = import_bundled_gguf(source).GGUFReader(path)
-    header = read_header(path)
+    header = read_gguf(path)
     assert [(t.name, t.type_name, t.shape) for t in header.tensors] == [
         (t.name, t.tensor_type.name, tuple(int(x) for x in t.shape)) for t in reader.tensors]
     for key, field in reader.fields.items():
@@ -204,19 +204,50 @@ def test_header_reader_agrees_with_gguf_py(tiny_qwen_folder, source):
             assert header.metadata[key] == pytest.approx(value)
         else:
             assert header.metadata[key] == value, key
-    text = read_header(tiny_qwen_folder / "model-Q8_0.gguf")
+    text = read_gguf(tiny_qwen_folder / "model-Q8_0.gguf")
     assert text.metadata["tokenizer.ggml.tokens"] == ArrayInfo(8, 151936)
 
 
 def test_header_reader_rejects_non_gguf(tmp_path):
-    from convert.gguf_header import GGUFHeaderError, read_header
+    from geolocsft.gguf_header import GGUFFormatError, read_gguf
 
     (tmp_path / "x.gguf").write_bytes(b"GGML" + bytes(20))
-    with pytest.raises(GGUFHeaderError, match="x.gguf: not a GGUF file"):
-        read_header(tmp_path / "x.gguf")
+    with pytest.raises(GGUFFormatError, match="x.gguf: not a GGUF file"):
+        read_gguf(tmp_path / "x.gguf")
     (tmp_path / "t.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(4))
-    with pytest.raises(GGUFHeaderError, match="t.gguf: truncated"):
-        read_header(tmp_path / "t.gguf")
+    with pytest.raises(GGUFFormatError, match="t.gguf: truncated"):
+        read_gguf(tmp_path / "t.gguf")
+
+
+def test_header_reader_vocabulary_skipped_or_kept_and_cut_short(source, tmp_path):
+    """The real Qwen2 vocabulary: skipped it stands as its length, kept it is the token list
+    (byte-level BPE: "!" first, <|endoftext|> at its real id); a copy cut inside it is a
+    truncation error naming the copy. (gguf-py's GGUFReader needs ~10 s for this file.)"""
+    from geolocsft.gguf_header import ArrayInfo, GGUFFormatError, read_gguf
+
+    vocab = source.vocab_dir / "ggml-vocab-qwen2.gguf"
+    kept = read_gguf(vocab, max_array=1 << 30).metadata["tokenizer.ggml.tokens"]
+    assert read_gguf(vocab).metadata["tokenizer.ggml.tokens"] == ArrayInfo(8, len(kept))
+    assert kept[0] == "!" and kept[151643] == "<|endoftext|>" and len(kept) > 151643
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(vocab.read_bytes()[: vocab.stat().st_size // 3])
+    for max_array in (64, 1 << 30):
+        with pytest.raises(GGUFFormatError, match="cut.gguf: truncated GGUF file"):
+            read_gguf(cut, max_array=max_array)
+
+
+def test_core_ggml_type_table_matches_gguf_py(source):
+    """The core names ggml types without gguf-py; its ids, names and block sizes must be
+    llama.cpp's (every type gguf-py knows, none it does not)."""
+    from geolocsft.gguf_header import GGML_TYPES, ggml_type_name
+    from convert.llamacpp import import_bundled_gguf
+
+    gguf = import_bundled_gguf(source)
+    assert {t.value: t.name for t in gguf.GGMLQuantizationType} == {
+        i: name for i, (name, _, _) in GGML_TYPES.items()}
+    assert {int(t): sizes for t, sizes in gguf.GGML_QUANT_SIZES.items()} == {
+        i: (elems, size) for i, (_, elems, size) in GGML_TYPES.items()}
+    assert ggml_type_name(12) == "Q4_K" and ggml_type_name(99) == "type99"
 
 
 def test_adapter_base_names_are_compared_by_model_name(tmp_path):

@@ -5,7 +5,6 @@ the MBTiles raster layer. Offscreen Qt; screenshots go to artifacts/screenshots/
 from __future__ import annotations
 
 import io
-import math
 import sqlite3
 from pathlib import Path
 

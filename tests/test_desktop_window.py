@@ -6,7 +6,6 @@ Screenshots of the main states go to artifacts/screenshots/ at 1280×800."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -34,6 +33,12 @@ def save_screenshot(widget, name: str) -> Path:
     QApplication.processEvents()
     widget.grab().save(str(path))
     return path
+
+
+def open_and_wait(win, qtbot, folder: Path) -> None:
+    """Open a folder and wait for its scan (a pool thread) to fill the window."""
+    with qtbot.waitSignal(win.folderOpened, timeout=10_000):
+        win.open_folder(folder)
 
 
 def _rational(value):
@@ -99,7 +104,12 @@ GOOD = ["a_paris.jpg", "b_sydney.jpg", "c_rotated.jpg", "d_plain.png"]
 def test_open_folder_thumbnails_preview_and_table(window, qtbot, photo_folder):
     assert "no models" in window.model_combo.currentText()
     assert not window.locate_action.isEnabled()
-    window.open_folder(photo_folder)
+    with qtbot.waitSignal(window.folderOpened, timeout=10_000) as opened:
+        window.open_folder(photo_folder)
+        # The tree walk runs on a pool thread: its answer is queued to the GUI thread, so
+        # nothing is filled in before the event loop turns.
+        assert window.scanning == photo_folder and window.results.rows == []
+    assert opened.args == [str(photo_folder)] and window.scanning is None
     assert [r.path.name for r in window.results.rows] == GOOD + ["e_broken.jpg"]
     # Thumbnails are decoded off the GUI thread as the view paints them.
     qtbot.waitUntil(lambda: window.thumbs.loaded_count == len(GOOD)
@@ -143,7 +153,8 @@ def test_drop_a_folder_recent_folders_and_settings_persist(window, qtbot, photo_
     mime.setUrls([QUrl.fromLocalFile(str(photo_folder))])
     drop = QDropEvent(QPoint(100, 100).toPointF(), Qt.DropAction.CopyAction, mime,
                       Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
-    window.dropEvent(drop)
+    with qtbot.waitSignal(window.folderOpened, timeout=10_000):
+        window.dropEvent(drop)
     assert window.folder == photo_folder and len(window.results.rows) == 5
     assert window.recent_menu.actions()[0].text() == str(photo_folder)
 
@@ -155,6 +166,24 @@ def test_drop_a_folder_recent_folders_and_settings_persist(window, qtbot, photo_
     assert (again.samples, again.threads) == (3, 2)
     assert again.engine_options().samples == 3
     assert "geolocsft" in window.about_text() and "Natural Earth" in window.about_text()
+
+
+def test_settings_dialog_saves_what_the_user_set(qtbot, settings, tmp_path):
+    from desktop.settings import SettingsDialog
+
+    dialog = SettingsDialog(settings)
+    qtbot.addWidget(dialog)
+    dialog.models_dir.setText(str(tmp_path / "my-models"))
+    dialog.threads.setValue(3)
+    dialog.image_tokens.setValue(640)
+    dialog.samples.setValue(5)
+    dialog.mbtiles.setText(str(tmp_path / "city.mbtiles"))
+    dialog.apply()
+    again = AppSettings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    assert again.models_dir == str(tmp_path / "my-models")
+    options = again.engine_options()
+    assert (options.threads, options.image_max_tokens, options.samples) == (3, 640, 5)
+    assert again.mbtiles == str(tmp_path / "city.mbtiles")
 
 
 def test_a_missing_folder_is_reported_in_the_window(window, tmp_path):
@@ -177,7 +206,7 @@ def model_window(qtbot, tmp_path, tiny_qwen_folder, no_network):
     # Short string values: the untrained model fills each one to the cap, and the grammar then
     # leads it to a parseable answer (as in test_engine).
     win = MainWindow(settings=settings, store_path=tmp_path / "store" / "results.sqlite",
-                     engine_kwargs={"max_tokens": 700, "n_ctx": 2048, "max_value_chars": 12})
+                     engine_kwargs={"max_tokens": 700, "n_ctx": 2048, "max_value_chars": 4})
     qtbot.addWidget(win)
     win.resize(1280, 800)
     win.show()
@@ -192,7 +221,7 @@ def model_window(qtbot, tmp_path, tiny_qwen_folder, no_network):
 def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_folder):
     win = model_window
     assert "tiny-qwen" in win.model_combo.currentText() or win.model_combo.count() == 1
-    win.open_folder(photo_folder)
+    open_and_wait(win, qtbot, photo_folder)
     pieces = []
     win.thread.worker.token.connect(lambda path, piece: pieces.append((path, piece)))
     ticks = []
@@ -200,10 +229,15 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start(20)
     paths = [str(photo_folder / n) for n in ("a_paris.jpg", "b_sydney.jpg", "e_broken.jpg")]
-    assert win.start_run(paths)
-    assert win.cancel_action.isEnabled() and not win.locate_action.isEnabled()
+    followed = []  # (photo started, photo selected once the window handled it)
+    win.thread.worker.photoStarted.connect(lambda path: followed.append((path, win.current_path())))
+    plain_path = str(photo_folder / "d_plain.png")
     with qtbot.waitSignal(win.thread.worker.runFinished, timeout=120_000) as finished:
-        pass
+        assert win.start_run(paths)
+        assert win.cancel_action.isEnabled() and not win.locate_action.isEnabled()
+        # While the first photo runs the user looks at another one: the window stops following.
+        qtbot.waitUntil(lambda: any(p == paths[0] for p, _ in pieces), timeout=60_000)
+        win.select_photo(plain_path)
     # The window's own (queued) handlers run after every outcome it was sent.
     qtbot.waitUntil(lambda: not win.running, timeout=5_000)
     timer.stop()
@@ -215,6 +249,9 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     run_s = ticks[-1] - ticks[0]
     assert len(ticks) > run_s / 0.02 / 4
     assert max(b - a for a, b in zip(ticks, ticks[1:])) < 2.0
+    assert followed[0] == (paths[0], paths[0])  # followed while the user had not moved
+    assert followed[1] == (paths[1], plain_path)  # then kept the user's choice
+    assert win.current_path() == plain_path and win.reasoning.path == plain_path
 
     paris = win.results.row(photo_folder / "a_paris.jpg")
     assert paris.status == RowStatus.DONE and paris.result.has_point
@@ -247,15 +284,15 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
 
     # Several guesses: the cloud and the geodesic confidence circle around the consensus.
     sampled = win.engine_options()
-    sampled = type(sampled)(threads=sampled.threads, samples=3, temperature=0.8,
+    sampled = type(sampled)(threads=sampled.threads, samples=2, temperature=0.8,
                             engine_kwargs=sampled.engine_kwargs)
     with qtbot.waitSignal(win.thread.worker.runFinished, timeout=120_000):
         assert win.start_run([str(photo_folder / "d_plain.png")], sampled)
     qtbot.waitUntil(lambda: not win.running, timeout=5_000)
     plain = win.results.row(photo_folder / "d_plain.png")
-    assert plain.status == RowStatus.DONE and plain.result.samples == 3
+    assert plain.status == RowStatus.DONE and plain.result.samples == 2
     win.select_photo(photo_folder / "d_plain.png")
-    assert len(win.map.overlay_items("guesses")) == 3
+    assert len(win.map.overlay_items("guesses")) == 2
     if plain.result.radius_km:
         assert win.map.overlay_items("circle")
     assert "guesses within" in win.answer.confidence.text()
@@ -269,6 +306,31 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     before = written[0].read_bytes()
     assert win.export_to(out, confirm_replace=lambda path: False) == []
     assert "not replaced" in win.problems[-1] and written[0].read_bytes() == before
+
+    # XMP sidecars from the app (as `locate --xmp`), read back with pyexiv2; an existing
+    # sidecar is replaced only when the user says yes.
+    import pyexiv2
+
+    from geolocsft.export_xmp import parse_xmp_coordinate
+
+    tags = win.write_xmp_sidecars(confirm_replace=lambda existing: pytest.fail("nothing exists"))
+    located = [r for r in win.results.rows if r.result is not None and r.result.has_point]
+    assert sorted(t.path.name for t in tags) == sorted(f"{r.path.name}.xmp" for r in located)
+    assert {t.action for t in tags} == {"created"}
+    for row in located:
+        xmp = pyexiv2.Image(str(row.path) + ".xmp").read_xmp()
+        assert parse_xmp_coordinate(xmp["Xmp.exif.GPSLatitude"]) == pytest.approx(
+            row.result.latitude, abs=1e-5)
+        assert parse_xmp_coordinate(xmp["Xmp.exif.GPSLongitude"]) == pytest.approx(
+            row.result.longitude, abs=1e-5)
+    sidecar = Path(str(located[0].path) + ".xmp")
+    before = sidecar.read_bytes()
+    asked = []
+    kept = win.write_xmp_sidecars(confirm_replace=lambda existing: asked.append(existing) or False)
+    assert len(asked[0]) == len(located) and {t.action for t in kept} == {"skipped"}
+    assert sidecar.read_bytes() == before
+    replaced = win.write_xmp_sidecars(confirm_replace=lambda existing: True)
+    assert {t.action for t in replaced} == {"updated"}
 
     # A second run of the same photos comes from the store at once.
     with qtbot.waitSignal(win.thread.worker.runFinished, timeout=60_000) as again:
@@ -296,7 +358,7 @@ def test_cancel_stops_within_a_second(model_window, qtbot, photo_folder, tmp_pat
     many.mkdir()
     for i in range(8):
         make_photo(many / f"p{i}.jpg", 10 + i)
-    win.open_folder(many)
+    open_and_wait(win, qtbot, many)
     first_token = []
     win.thread.worker.token.connect(lambda path, piece: first_token.append(time.perf_counter()))
     win.activateWindow()

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from geolocsft import protocol
-from geolocsft.engine_gguf import GGUFFormatError, read_gguf
+from geolocsft.gguf_header import GGUFFormatError, read_gguf
 
 pytest.importorskip("llama_cpp")
 

@@ -2,8 +2,6 @@
 
 import io
 import math
-import struct
-import zlib
 from fractions import Fraction
 
 import pytest
@@ -25,6 +23,7 @@ from geolocsft.images import (
     target_size,
     to_png_bytes,
 )
+from tests.fixtures.images import png_header_only
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
 W, H = 64, 32
@@ -126,16 +125,6 @@ def test_grey_and_bilevel(tmp_path):
         == (77, 77, 77)
     assert open_image(saved(tmp_path, Image.new("1", (2, 2), 1), "b.png")).getpixel((1, 1)) \
         == (255, 255, 255)
-
-
-def png_header_only(width, height):
-    """A PNG that declares width x height but carries almost no data."""
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
 
 
 def test_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):

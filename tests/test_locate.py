@@ -8,11 +8,9 @@ import os
 import signal
 import sqlite3
 import stat
-import struct
 import subprocess
 import sys
 import time
-import zlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -21,22 +19,13 @@ from PIL import Image
 
 from geolocsft.cli import main
 from geolocsft.locate import PHOTO_SUFFIXES, PhotoItem, find_photos, format_eta
+from tests.fixtures.images import png_header_only
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- photos
-
-def png_header_only(width, height):
-    """A PNG declaring width x height with almost no data: a decompression bomb."""
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
-
 
 def photo(path: Path, seed: int, fmt: str = "JPEG", size=(64, 48)) -> Path:
     """A small photo with distinct content (distinct sha256)."""

@@ -44,7 +44,7 @@ def flags(values: dict) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_with_accumulation(tiny_qwen_dir, tmp_path):
+def test_two_processes_equal_one_with_accumulation(tiny_gemma_dir, tmp_path):
     from safetensors.torch import load_file
     import torch
 
@@ -52,7 +52,7 @@ def test_two_processes_equal_one_with_accumulation(tiny_qwen_dir, tmp_path):
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "trainer.sft_cli",
-           *flags(settings(tiny_qwen_dir, data, two, batch_size=1, expect_world_size=2))]
+           *flags(settings(tiny_gemma_dir, data, two, batch_size=1, expect_world_size=2))]
     done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((two / "adapter" / "training_record.json").read_text())
@@ -62,7 +62,7 @@ def test_two_processes_equal_one_with_accumulation(tiny_qwen_dir, tmp_path):
     from trainer.sft_config import build_config
 
     one = tmp_path / "one"
-    train(build_config("seed", overrides=settings(tiny_qwen_dir, data, one, batch_size=1,
+    train(build_config("seed", overrides=settings(tiny_gemma_dir, data, one, batch_size=1,
                                                   grad_accum_steps=2)))
 
     log_two = [json.loads(l) for l in (two / "log.jsonl").read_text().splitlines()]

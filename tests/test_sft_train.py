@@ -131,7 +131,7 @@ def test_resume_matches_the_uninterrupted_run(qwen_run, tmp_path):
     weights must equal the uninterrupted run's (optimizer, schedule, RNG and order restored)."""
     import torch
 
-    from trainer.sft import train
+    from trainer.sft import SFTError, train
 
     cfg, _, run_dir = qwen_run
     checkpoint = run_dir / "checkpoints" / "step-000004"
@@ -153,6 +153,11 @@ def test_resume_matches_the_uninterrupted_run(qwen_run, tmp_path):
     assert first.keys() == second.keys()
     for name in first:
         torch.testing.assert_close(second[name], first[name], rtol=1e-5, atol=1e-6)
+    # A resume that would see other batches (another seed here) is refused, not run.
+    other = run_config(Path(cfg.model), Path(cfg.data), tmp_path / "other", epochs=2,
+                       eval_fraction=0.25, resume=str(checkpoint), seed=1)
+    with pytest.raises(SFTError, match="data order would differ"):
+        train(other)
 
 
 def test_existing_run_folder_is_not_overwritten(qwen_run):

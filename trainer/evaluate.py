@@ -8,12 +8,12 @@ benchmark reports for a GGUF build, so a drop after conversion is visible.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from geolocsft import geo, protocol
 from geolocsft.images import ImageError, prepare_image
+from trainer.jsonl import write_bytes_atomic, write_json_atomic
 
 
 def generate_text(model: Any, processor: Any, prompt_messages: list, image: Any,
@@ -36,23 +36,7 @@ def generate_text(model: Any, processor: Any, prompt_messages: list, image: Any,
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
 
 
 def evaluate(model: Any, processor: Any, records: list, budget: Any, out_dir: Path,

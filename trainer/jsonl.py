@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from geolocsft.fsutil import atomic_write
+
 
 @dataclass
 class JsonlContents:
@@ -116,15 +118,6 @@ def write_json_atomic(path: str | os.PathLike, value) -> None:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """geolocsft.fsutil.atomic_write into a folder made if missing."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, data)

@@ -29,7 +29,7 @@ from typing import Any
 from geolocsft import __version__, protocol
 from geolocsft.images import Family, ImageBudget, default_budget
 from trainer.collate import SFTCollator, load_records, split_holdout
-from trainer.evaluate import write_json_atomic
+from trainer.jsonl import write_json_atomic
 from trainer.lora import apply_lora, family_from_model_type
 from trainer.sft_config import SFTConfig
 
@@ -317,6 +317,7 @@ def check_output_dir(run_dir: Path, cfg: SFTConfig) -> None:
 def train(cfg: SFTConfig) -> dict:
     """Run one SFT job; returns the summary also stored in the training record."""
     import torch
+    from accelerate.utils import DistributedType
     from transformers import AutoProcessor, get_scheduler
 
     cfg.validate()
@@ -424,8 +425,9 @@ def train(cfg: SFTConfig) -> dict:
                      for k, v in batch.items()}
             last = i == len(chunks) - 1
             sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
-            with sync, accelerator.autocast():
-                loss = model(**batch).loss / len(chunks)
+            with sync:
+                with accelerator.autocast():
+                    loss = model(**batch).loss / len(chunks)
                 accelerator.backward(loss)
             step_loss += loss.detach()
         grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -469,8 +471,14 @@ def train(cfg: SFTConfig) -> dict:
         "git_revision": git_revision(), "versions": versions(),
         "train_seconds": round(time.time() - started, 1), "eval": None,
     }
-    from accelerate.utils import DistributedType
+    if is_main:
+        write_json_atomic(adapter_dir / RECORD_NAME, summary)
+        if writer:
+            writer.close()
+    accelerator.wait_for_everyone()  # the adapter is complete before any process leaves
 
+    # Evaluation on the main process alone; the others finish now rather than wait at a
+    # barrier that could outlast the collective timeout on a long evaluation.
     if eval_records and accelerator.distributed_type == DistributedType.FSDP:
         eval_records = []  # generate() on one rank would wait forever for the other shards
         if is_main:
@@ -483,11 +491,7 @@ def train(cfg: SFTConfig) -> dict:
                                    budget, run_dir / "eval", cfg.eval_max_new_tokens)
         log(f"held-out ({len(eval_records)}): acc@25km {summary['eval']['acc']['25']:.3f}, "
             f"parsed {summary['eval']['parsed']}/{summary['eval']['n']}")
-    if is_main:
         write_json_atomic(adapter_dir / RECORD_NAME, summary)
-        if writer:
-            writer.close()
-    accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
 

@@ -10,11 +10,11 @@ and the constants MODEL_TYPE, ARCHITECTURE, BASE_MODEL_IDS."""
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from types import ModuleType
 
 from geolocsft.images import Family
+from geolocsft.fsutil import read_json
 
 # config.json model_type -> (family, module)
 _FAMILIES: dict[str, tuple[Family, str]] = {
@@ -37,13 +37,8 @@ def family_module(family: Family | str) -> ModuleType:
 
 
 def read_config(ckpt_dir: Path) -> dict:
-    path = Path(ckpt_dir) / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UnsupportedModelError(f"{path}: missing (not a Hugging Face checkpoint)") from None
-    except (OSError, ValueError) as exc:
-        raise UnsupportedModelError(f"{path}: not readable JSON ({exc})") from exc
+    return read_json(Path(ckpt_dir) / "config.json", UnsupportedModelError,
+                     missing="missing (not a Hugging Face checkpoint)")
 
 
 def family_of(ckpt_dir: Path) -> Family:

@@ -22,6 +22,8 @@ import shutil
 import struct
 from pathlib import Path
 
+from geolocsft.fsutil import atomic_open, atomic_write, read_json
+
 MODEL_TYPE = "gemma3"
 ARCHITECTURE = "Gemma3ForConditionalGeneration"
 
@@ -312,22 +314,11 @@ def make_tiny(out_dir: Path) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise Gemma3PrepareError(f"{path}: missing") from None
-    except (OSError, ValueError) as exc:
-        raise Gemma3PrepareError(f"{path}: not readable JSON ({exc})") from exc
+    return read_json(path, Gemma3PrepareError)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _converter_name(name: str) -> str:
@@ -365,14 +356,10 @@ def _rename_safetensors(src: Path, dst: Path, rename) -> None:
             new_header[new] = info
         encoded = json.dumps(new_header, separators=(",", ":")).encode("utf-8")
         encoded += b" " * (-len(encoded) % 8)  # keep the data block 8-byte aligned
-        tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as fout:
+        with atomic_open(dst, "wb") as fout:
             fout.write(struct.pack("<Q", len(encoded)))
             fout.write(encoded)
             shutil.copyfileobj(fin, fout, 16 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -7,9 +7,10 @@ size is 256 so that K-quants apply for real (they need rows divisible by 256).""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
+
+from geolocsft.fsutil import read_json
 
 MODEL_TYPE = "qwen2_5_vl"
 ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
@@ -98,13 +99,13 @@ def build_tokenizer():
     from tokenizers import AddedToken
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
-    from convert.gguf_header import read_header
+    from geolocsft.gguf_header import read_gguf
     from convert.llamacpp import import_bundled_gguf, llama_cpp_source
 
     source = llama_cpp_source()
     gguf = import_bundled_gguf(source)
     # The fast header reader with every array kept (gguf-py's GGUFReader takes 10+ s here).
-    fields = read_header(source.vocab_dir / "ggml-vocab-qwen2.gguf", max_array=1 << 30).metadata
+    fields = read_gguf(source.vocab_dir / "ggml-vocab-qwen2.gguf", max_array=1 << 30).metadata
     tokens = fields["tokenizer.ggml.tokens"]
     types = fields["tokenizer.ggml.token_type"]
     merges = fields["tokenizer.ggml.merges"]
@@ -228,10 +229,7 @@ def _image_processor_config(ckpt_dir: Path) -> tuple[Path, dict]:
         path = Path(ckpt_dir) / name
         if not path.is_file():
             continue
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: cannot read the image processor config ({exc})") from exc
+        cfg = read_json(path, unreadable="cannot read the image processor config")
         cfg = cfg.get(key, {}) if key else cfg
         if cfg:
             return path, cfg
@@ -240,7 +238,7 @@ def _image_processor_config(ckpt_dir: Path) -> tuple[Path, dict]:
 
 def image_budget(ckpt_dir: Path):
     """The image budget a checkpoint's processor applies, as the core's ImageBudget."""
-    from geolocsft.images import Family, ImageBudget
+    from geolocsft.images import QWEN_MAX_PIXELS, Family, ImageBudget
 
     path, cfg = _image_processor_config(ckpt_dir)
     size = cfg.get("size") or {}
@@ -249,9 +247,11 @@ def image_budget(ckpt_dir: Path):
     if not max_pixels or not min_pixels:
         raise ValueError(f"{path}: no min/max pixels in the image processor config")
     factor = int(cfg.get("patch_size", 14)) * int(cfg.get("merge_size", 2))
+    # Real Qwen2.5-VL processors allow 12.8 MP; the seed's budget (~1,280 vision tokens) is what
+    # training uses, so a base converted without a training record gets that, not the maximum.
     return ImageBudget(
         family=Family.QWEN25VL,
-        max_pixels=int(max_pixels),
+        max_pixels=min(int(max_pixels), QWEN_MAX_PIXELS),
         min_pixels=int(min_pixels),
         factor=factor,
         fixed_side=None,
