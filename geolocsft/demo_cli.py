@@ -28,11 +28,11 @@ For real photos:
   2. geolocate a folder
        geolocsft locate PHOTOS --model qwen2.5-vl-3b-instruct-q4_k_m"""
 
-INSTALL_MARKER = ".geolocsft-demo"  # marks a models/ folder the demo installed (and may replace)
+INSTALL_MARKER = ".geolocsft-demo"  # marks a folder the demo made (and may replace)
 
 
 def register(subparsers) -> None:
-    from geolocsft.demo import FAMILIES, QUANTS
+    from geolocsft.demo import DEFAULT_FAMILY, FAMILIES, QUANTS
 
     p = subparsers.add_parser(
         "demo", help="pipeline demonstration on synthetic places (train, convert, locate)",
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
                     "geolocate held-out renders with it, print the accuracy table, write the "
                     "report with its map, and open the app when a display is present. A "
                     "demonstration of the pipeline, not a model for real photos.")
-    p.add_argument("--family", choices=FAMILIES, default=FAMILIES[0],
+    p.add_argument("--family", choices=FAMILIES, default=DEFAULT_FAMILY,
                    help="tiny model family (default %(default)s)")
     p.add_argument("--quant", choices=QUANTS, default=QUANTS[0],
                    help="which GGUF build to run (default %(default)s)")
@@ -69,18 +69,25 @@ def app_available() -> bool:
 
 
 def copy_photos(src: Path, dest: Path) -> Path:
-    """The held-out renders and their CSV as the user's demo folder (made once; a folder that
-    is not a previous demo copy is never touched)."""
-    if dest.exists():
-        if not (dest / "photos.csv").is_file():
-            from geolocsft.cli import CliError
+    """The held-out renders and their CSV as the user's demo folder. A copy from an older build
+    is refreshed; a folder the demo did not make is never touched."""
+    from geolocsft.cli import CliError
 
-            raise CliError(f"{dest}: exists and is not a demo photo folder; choose --out")
-        return dest
+    if dest.exists():
+        if not (dest / INSTALL_MARKER).is_file():
+            raise CliError(f"{dest}: exists and was not made by the demo; choose another --out")
+        same = (dest / "photos.csv").is_file() and (
+            (dest / "photos.csv").read_bytes() == (src / "photos.csv").read_bytes())
+        if same:
+            return dest
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src / "images", tmp / "images")
     shutil.copy2(src / "photos.csv", tmp / "photos.csv")
+    (tmp / INSTALL_MARKER).write_text("held-out renders copied by `geolocsft demo`\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, dest)
     return dest
 
@@ -113,7 +120,15 @@ def run(args: argparse.Namespace) -> int:
     from geolocsft.engine import EngineError
     from geolocsft.paths import models_dir
 
+    import importlib.util
+
     print(BANNER, flush=True)
+    missing = [part for part in ("trainer", "convert", "torch")
+               if getattr(sys, "frozen", False) or importlib.util.find_spec(part) is None]
+    if missing:
+        raise CliError("the demo trains and converts a model, which needs the train and convert "
+                       "extras (pip install 'geolocsft[train,convert]'); this installation "
+                       "lacks: " + ", ".join(missing))
     try:
         built = demo.build(args.family, rebuild=args.rebuild)
     except demo.DemoError as exc:

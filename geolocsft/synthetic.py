@@ -24,6 +24,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from geolocsft import protocol
+from geolocsft.fsutil import atomic_write
 
 # EXIF orientation tags used for renders, and the transpose that stores an upright picture
 # so that applying the tag (what `images.open_image` does) gives it back.
@@ -100,7 +101,7 @@ PLACES: tuple[Place, ...] = (
           "small capital", "wet asphalt", "moss and lupins", "corrugated iron houses",
           "right-hand traffic", "paris"),
     Place("cairo", "Cairo", "Cairo Governorate", "Egypt", 30.0444, 31.2357, "diagonal",
-          ((220, 190, 120), (120, 70, 30)), "sand and brown", "hot desert",
+          ((150, 40, 200), (240, 230, 200)), "purple and cream", "hot desert",
           "dense megacity", "sandy paved road", "date palms", "mudbrick and concrete",
           "right-hand traffic", "nairobi"),
     Place("vancouver", "Vancouver", "British Columbia", "Canada", 49.2827, -123.1207, "dots",
@@ -258,15 +259,6 @@ class Split:
     count: int
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def write_split(folder: str | os.PathLike, per_place: int, seed: int,
                 places: tuple[Place, ...] = PLACES, prefix: str = "") -> Split:
     """Render `per_place` photos of every place into `folder`. The CSV (`id,image,lat,lon`)
@@ -287,7 +279,7 @@ def write_split(folder: str | os.PathLike, per_place: int, seed: int,
             upright = render(place, rng)
             data = encode_jpeg(upright, rng.choice(ORIENTATION_TAGS), rng.randint(60, 95))
             name = f"images/{photo_id}.jpg"
-            _atomic_write(folder / name, data)
+            atomic_write(folder / name, data)
             lat, lon = _destination(place.latitude, place.longitude, rng.uniform(0, 360),
                                     rng.uniform(0, TRUTH_JITTER_KM))
             rows.append((photo_id, name, lat, lon))
@@ -301,8 +293,8 @@ def write_split(folder: str | os.PathLike, per_place: int, seed: int,
     writer.writerow(("id", "image", "lat", "lon"))
     writer.writerows(rows)
     csv_path, jsonl_path = folder / "photos.csv", folder / "sft.jsonl"
-    _atomic_write(csv_path, text.getvalue().encode("utf-8"))
-    _atomic_write(jsonl_path, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+    atomic_write(csv_path, text.getvalue().encode("utf-8"))
+    atomic_write(jsonl_path, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                       for r in records).encode("utf-8"))
     return Split(folder, csv_path, jsonl_path, len(rows))
 

@@ -137,3 +137,54 @@ def test_bad_arguments_are_refused(tmp_path):
         synthetic.write_split(tmp_path, 0, seed=0)
     with pytest.raises(KeyError, match="not a synthetic render id"):
         synthetic.place_of("holiday-001")
+
+
+# --- the demo's own folders (no model needed) -------------------------------------------------
+
+def test_demo_photo_folder_is_refreshed_but_a_foreign_folder_is_refused(splits, tmp_path):
+    from geolocsft.cli import CliError
+    from geolocsft.demo_cli import copy_photos
+
+    _, train, held = splits
+    dest = copy_photos(held.folder, tmp_path / "photos")
+    assert (dest / "photos.csv").read_bytes() == held.csv.read_bytes()
+    assert len(list((dest / "images").glob("*.jpg"))) == held.count
+    # A copy from an older build (other renders) is replaced by the current one.
+    copy_photos(train.folder, tmp_path / "photos")
+    assert (dest / "photos.csv").read_bytes() == train.csv.read_bytes()
+    assert len(list((dest / "images").glob("*.jpg"))) == train.count
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"not ours")
+    with pytest.raises(CliError, match="not made by the demo"):
+        copy_photos(held.folder, foreign)
+    assert (foreign / "holiday.jpg").read_bytes() == b"not ours"
+
+
+def test_demo_model_install_never_replaces_someone_elses_folder(tmp_path):
+    from geolocsft.demo_cli import INSTALL_MARKER, install_model
+
+    built = tmp_path / "cache" / "demo-synthetic-gemma3-q8_0"
+    built.mkdir(parents=True)
+    (built / "manifest.json").write_text("{}")
+    root = tmp_path / "models"
+    first = install_model(built, root)
+    assert first == root / built.name and (first / INSTALL_MARKER).is_file()
+    (built / "manifest.json").write_text('{"v": 2}')
+    assert install_model(built, root) == first  # ours: replaced by the newer build
+    assert (first / "manifest.json").read_text() == '{"v": 2}'
+    (first / INSTALL_MARKER).unlink()  # now it looks like a user's own folder
+    (first / "manifest.json").write_text("user's")
+    assert install_model(built, root) is None
+    assert (first / "manifest.json").read_text() == "user's"
+
+
+def test_demo_cache_key_follows_the_recipe(monkeypatch):
+    from geolocsft import demo
+
+    before = demo.build_key("gemma3")
+    assert before == demo.build_key("gemma3") and before != demo.build_key("qwen2.5-vl")
+    monkeypatch.setitem(demo.SFT_FLAGS, "gemma3", demo.SFT_FLAGS["gemma3"] + ("--seed", "1"))
+    assert demo.build_key("gemma3") != before
+    with pytest.raises(demo.DemoError, match="choose one of"):
+        demo.build("llava")

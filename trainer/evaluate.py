@@ -30,7 +30,10 @@ def generate_text(model: Any, processor: Any, prompt_messages: list, image: Any,
     inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
               for k, v in inputs.items() if hasattr(v, "to")}
     with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        # Training loads the model with use_cache=False (gradient checkpointing); generation
+        # needs the KV cache or every token recomputes the whole sequence.
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                use_cache=True)
     new_tokens = output[0, inputs["input_ids"].shape[1]:]
     return processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
 
