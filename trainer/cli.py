@@ -1,4 +1,4 @@
-"""`geolocsft train …`: curate, caption (and sft, added by `trainer.sft_cli` when present).
+"""`geolocsft train …`: curate, caption (here) and sft (`trainer.sft_cli`).
 
 Cheap to import: anthropic, imagehash, matplotlib and the like load inside the handlers.
 """
@@ -20,10 +20,8 @@ def register(subparsers) -> None:
     train.set_defaults(handler=lambda args: train.print_help())
     _register_curate(steps)
     _register_caption(steps)
-    try:
-        from trainer import sft_cli
-    except ImportError:  # the SFT step is optional here (written separately)
-        return
+    from trainer import sft_cli
+
     sft_cli.register(steps)
 
 
