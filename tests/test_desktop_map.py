@@ -72,9 +72,9 @@ def test_shipped_basemap_is_compact_with_three_levels(basemap):
 
 
 def test_damaged_basemap_names_the_file(tmp_path):
-    bad = tmp_path / "basemap.bin"
+    bad = tmp_path / "basemap.glsfmap"
     bad.write_bytes(b"not a map")
-    with pytest.raises(BasemapError, match="basemap.bin.*bad magic"):
+    with pytest.raises(BasemapError, match="basemap.glsfmap.*bad magic"):
         Basemap(bad)
     good = DEFAULT_BASEMAP.read_bytes()
     truncated = tmp_path / "truncated.bin"
