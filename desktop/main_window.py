@@ -388,12 +388,8 @@ class MainWindow(QMainWindow):
 
     @staticmethod
     def _model_tooltip(model) -> str:
-        from geolocsft.catalog import memory_need_bytes
-
         m = model.manifest
-        files = [model.folder / m.model_file, model.folder / m.mmproj_file]
-        sizes = [f.stat().st_size if f.exists() else 0 for f in files]
-        need = memory_need_bytes(*sizes)
+        need = model.memory_need
         return (f"{model.folder}\nbase: {m.base_model}\nprompt: {m.prompt_version}\n"
                 f"needs about {need / 1e9:.1f} GB of memory")
 

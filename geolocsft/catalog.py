@@ -115,6 +115,14 @@ class LocalModel:
         return sum((self.folder / name).stat().st_size for name in self.manifest.files
                    if (self.folder / name).exists())
 
+    @property
+    def memory_need(self) -> int:
+        """memory_need_bytes of this folder's model and projector."""
+        m = self.manifest
+        sizes = [(self.folder / n).stat().st_size if (self.folder / n).exists() else 0
+                 for n in (m.model_file, m.mmproj_file)]
+        return memory_need_bytes(*sizes)
+
 
 def list_local(root: str | os.PathLike | None = None) -> tuple[list[LocalModel], list[str]]:
     """Every folder under `root` with a readable manifest, and a problem line for each folder

@@ -55,11 +55,9 @@ def run_list(args: argparse.Namespace) -> int:
         print("  (none)")
     for model in installed:
         m = model.manifest
-        files = {n: model.folder / n for n in (m.model_file, m.mmproj_file)}
-        sizes = [p.stat().st_size if p.exists() else 0 for p in files.values()]
-        need = catalog.memory_need_bytes(*sizes)
+        need = model.memory_need
         fits = "" if total is None else ("  fits" if need <= total else "  TOO BIG for this machine")
-        print(f"  {model.folder.name:36s} {m.family:10s} {m.quant:7s} {_gb(sum(sizes)):>8s}  "
+        print(f"  {model.folder.name:36s} {m.family:10s} {m.quant:7s} {_gb(model.size_bytes):>8s}  "
               f"needs ~{_gb(need)}{fits}")
     for line in problems:
         print(f"  ! {line}")
