@@ -27,6 +27,7 @@ from desktop.results_model import (STATUS_FILTERS, ResultsModel, ResultsProxy, R
 from desktop.settings import AppSettings, SettingsDialog
 from desktop.thumbnails import PREVIEW_SIZE, ImageLoader, ThumbnailModel
 from desktop.worker import BenchRequest, EngineOptions, WorkerThread
+from geolocsft.locate import guess_heading
 
 
 class _ScanSignals(QObject):
@@ -58,6 +59,10 @@ class MainWindow(QMainWindow):
     requestRun = Signal(list, object)
     requestBench = Signal(object, object)
     folderOpened = Signal(str)  # after the scan of a folder has filled the window
+    # After the window has taken in a finished run (RunSummary or None) or benchmark
+    # (BenchResult or None); emitted on the GUI thread, unlike the worker's own signals.
+    runDone = Signal(object)
+    benchDone = Signal(object)
 
     def __init__(self, settings: AppSettings | None = None, store_path: str | Path | None = None,
                  basemap=None, engine_kwargs: dict | None = None):
@@ -224,6 +229,10 @@ class MainWindow(QMainWindow):
         self.xmp_action = self._action("Write XMP sidecars", self.write_xmp, keys("Ctrl+Shift+X"),
                                        "Write photo.ext.xmp sidecars (digiKam, darktable) for "
                                        "the located photos")
+        self.exif_action = self._action(
+            "Write GPS into copies…", self.write_exif_copies_dialog, keys("Ctrl+Shift+G"),
+            "Copy the located photos into a folder of your choice with the estimate in their EXIF "
+            "GPS tags (the originals are never changed)")
         self.bench_action = self._action("Benchmark mode", self.show_benchmark, keys("Ctrl+B"))
         self.reload_models_action = self._action("Rescan model folders", self.refresh_models)
         self.world_action = self._action("Whole world", self.map.show_world, keys("Ctrl+0"))
@@ -237,6 +246,7 @@ class MainWindow(QMainWindow):
         self._fill_recent_menu()
         menu.addAction(self.export_action)
         menu.addAction(self.xmp_action)
+        menu.addAction(self.exif_action)
         menu.addSeparator()
         menu.addAction(self.settings_action)
         menu.addSeparator()
@@ -515,7 +525,8 @@ class MainWindow(QMainWindow):
             text = ""
             if row.result is not None:
                 outputs = row.result.outputs
-                text = "\n\n".join(o.get("text", "") for o in outputs)
+                text = "".join(guess_heading(k, len(outputs)) + o.get("text", "")
+                               for k, o in enumerate(outputs))
             self.reasoning.show_text(path, Path(path).name, text or row.message)
         self.answer.show_result(row.result, row.message)
         self._show_on_map(row)
@@ -679,6 +690,7 @@ class MainWindow(QMainWindow):
             for warning in summary.warnings:
                 self.report_problem(warning)
         self._update_actions()
+        self.runDone.emit(summary)
 
     def _update_actions(self) -> None:
         ready = self.spec is not None and not self.running and bool(self.results.rows)
@@ -688,6 +700,7 @@ class MainWindow(QMainWindow):
         self.model_combo.setEnabled(not self.running)
         self.open_action.setEnabled(not self.running)
         self.xmp_action.setEnabled(not self.running)
+        self.exif_action.setEnabled(not self.running)
         self.bench.set_running(self.running, model_ready=self.spec is not None)
 
     # ------------------------------------------------------------------ benchmark mode
@@ -746,6 +759,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"report: {result.out_dir / 'report.md'}", 15000)
         self.bench.finish(result)
         self._update_actions()
+        self.benchDone.emit(result)
 
     def _confirm_report_replace(self, existing: Path) -> bool:
         answer = QMessageBox.question(
@@ -783,13 +797,21 @@ class MainWindow(QMainWindow):
     def write_xmp(self) -> None:
         self.write_xmp_sidecars(confirm_replace=self._confirm_sidecars)
 
-    def _confirm_sidecars(self, existing: list[Path]) -> bool:
+    def _ask_about(self, title: str, existing: list[Path], question: str) -> bool:
+        """One yes/no for a batch: "<first file> and N more exist. <question>"."""
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-        answer = QMessageBox.question(
-            self, "Replace XMP sidecars?",
-            f"{existing[0]}{more} exist. Write the model's estimate into them? Their other "
-            f"properties are kept; GPS and place fields are replaced.")
+        answer = QMessageBox.question(self, title, f"{existing[0]}{more} exist. {question}")
         return answer == QMessageBox.StandardButton.Yes
+
+    def _confirm_sidecars(self, existing: list[Path]) -> bool:
+        return self._ask_about("Replace XMP sidecars?", existing,
+                               "Write the model's estimate into them? Their other properties "
+                               "are kept; GPS and place fields are replaced.")
+
+    def _located(self) -> list:
+        """(path, PhotoResult) of every photo with a predicted point."""
+        return [(row.path, row.result) for row in self.results.rows
+                if row.result is not None and row.result.has_point]
 
     def write_xmp_sidecars(self, confirm_replace=None) -> list:
         """`photo.ext.xmp` for every located photo of the folder, as `geolocsft locate --xmp`
@@ -798,8 +820,7 @@ class MainWindow(QMainWindow):
         like `--xmp --force`); otherwise they are skipped. Returns the TagOutcomes."""
         from geolocsft.export_xmp import TagOutcome, sidecar_path, write_sidecar
 
-        located = [(row.path, row.result) for row in self.results.rows
-                   if row.result is not None and row.result.has_point]
+        located = self._located()
         if not located:
             self.report_problem("no located photos to write sidecars for yet")
             return []
@@ -816,18 +837,78 @@ class MainWindow(QMainWindow):
             except Exception as exc:  # e.g. pyexiv2 missing: say so, go on with the batch
                 outcome = TagOutcome(target, "error", str(exc))
             outcomes.append(outcome)
+        self._report_tags("XMP sidecars", outcomes)
+        return outcomes
+
+    # ------------------------------------------------------------------ EXIF GPS in copies
+    def write_exif_copies_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Write photos with GPS into",
+                                                  str(self.folder.parent if self.folder else ""))
+        if folder:
+            self.write_exif_copies(folder, confirm_replace=self._confirm_copies)
+
+    def _confirm_copies(self, existing: list[Path]) -> bool:
+        return self._ask_about("Replace files?", existing,
+                               "geolocsft did not write them. Replace them with copies of the "
+                               "photos carrying the estimate?")
+
+    def write_exif_copies(self, out_dir: str | Path, confirm_replace=None) -> list:
+        """Copies of the located photos under `out_dir` (same sub-folders as in the opened
+        folder) with the estimate in EXIF GPS, as `geolocsft locate --write-exif` writes them
+        (`geolocsft.export_xmp.write_exif_gps`). The originals are never written: a target
+        inside the opened folder is refused. Photos with their own GPS keep it (skipped); files
+        already in `out_dir` that geolocsft did not write are replaced only when
+        `confirm_replace(paths)` says yes. Returns the TagOutcomes."""
+        from geolocsft.export_xmp import TagOutcome, write_exif_gps, written_by_geolocsft
+
+        out_dir = Path(out_dir).resolve()
+        located = self._located()
+        if not located:
+            self.report_problem("no located photos to write yet")
+            return []
+        root = self.folder.resolve() if self.folder else None
+        if root is not None and (out_dir == root or root in out_dir.parents):
+            self.report_problem(f"{out_dir}: inside the photo folder; choose a folder outside "
+                                f"it so the originals stay as they are")
+            return []
+        targets = []
+        for photo, result in located:
+            try:
+                relative = Path(photo).resolve().relative_to(root) if root else Path(photo.name)
+            except ValueError:
+                relative = Path(Path(photo).name)
+            targets.append((photo, out_dir / relative, result))
+        try:
+            foreign = [t for _, t, _ in targets if t.exists() and not written_by_geolocsft(t)]
+        except Exception as exc:  # the photo tools' library is missing from this install
+            self.report_problem(str(exc))
+            return []
+        replace = bool(foreign) and bool(confirm_replace and confirm_replace(foreign))
+        outcomes = []
+        for photo, target, result in targets:
+            if target in foreign and not replace:
+                outcomes.append(TagOutcome(target, "skipped", "a file is already there"))
+                continue
+            try:  # a photo's own GPS is kept (no force): the estimate never hides a real fix
+                outcome = write_exif_gps(photo, target, result, replace_target=replace)
+            except Exception as exc:  # one bad photo: say so, go on with the batch
+                outcome = TagOutcome(target, "error", str(exc))
+            outcomes.append(outcome)
+        self._report_tags("GPS copies", outcomes)
+        return outcomes
+
+    def _report_tags(self, what: str, outcomes: list) -> None:
         counts: dict[str, int] = {}
         for outcome in outcomes:
             counts[outcome.action] = counts.get(outcome.action, 0) + 1
             if outcome.action == "error":
                 self.report_problem(f"{outcome.path}: {outcome.message}")
-        summary = "XMP sidecars: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
+        summary = f"{what}: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
         skipped = [o for o in outcomes if o.action == "skipped"]
         if skipped:
             summary += f" ({skipped[0].path.name}: {skipped[0].message})"
         if "error" not in counts:
             self.statusBar().showMessage(summary, 10000)
-        return outcomes
 
     # ------------------------------------------------------------------ misc
     def report_problem(self, message: str) -> None:

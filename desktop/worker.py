@@ -116,6 +116,7 @@ class LocateWorker(QObject):
                 on_progress=self._progress_relay(self.photoStarted, self.progress),
                 on_outcome=self.outcome.emit,
                 on_token=lambda item, piece: self.token.emit(str(item.path), piece),
+                on_guess=self._guess_relay(self.token),
                 cancel=self.cancel_event)
             summary = runner.run(items)
         except Exception as exc:
@@ -123,6 +124,18 @@ class LocateWorker(QObject):
             self.runFinished.emit(None)
             return
         self.runFinished.emit(summary)
+
+    @staticmethod
+    def _guess_relay(token):
+        """on_guess for the runner: with several guesses, each one's text opens with a heading
+        in the streamed reasoning (the same one a finished photo shows)."""
+        from geolocsft.locate import guess_heading
+
+        def relay(item, k, samples):
+            heading = guess_heading(k, samples)
+            if heading:
+                token.emit(str(item.path), heading)
+        return relay
 
     def _progress_relay(self, started, progress):
         """on_progress for the runner: a photo-started signal when the current photo changes,
@@ -171,6 +184,7 @@ class LocateWorker(QObject):
                 on_progress=self._progress_relay(self.benchPhotoStarted, self.benchProgress),
                 on_outcome=self.benchOutcome.emit,
                 on_token=lambda item, piece: self.benchToken.emit(str(item.path), piece),
+                on_guess=self._guess_relay(self.benchToken),
                 cancel=self.cancel_event)
         except Exception as exc:  # a failing library or a full disk must not kill the thread
             self.runFailed.emit(f"the benchmark stopped: {exc}")

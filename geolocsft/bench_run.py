@@ -84,7 +84,8 @@ def run_benchmark(samples: list[datasets.Sample], engine, out_dir: Path, *, data
                   strict: bool = False, unparsed: str = "miss",
                   on_progress: Callable[[Progress], None] | None = None,
                   on_outcome: Callable[[PhotoOutcome], None] | None = None,
-                  on_token=None, cancel=None, extra_record: dict | None = None) -> BenchResult:
+                  on_token=None, on_guess=None, cancel=None,
+                  extra_record: dict | None = None) -> BenchResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     by_path: dict[Path, list[datasets.Sample]] = {}
@@ -98,7 +99,7 @@ def run_benchmark(samples: list[datasets.Sample], engine, out_dir: Path, *, data
     with ResultStore(out_dir / STORE_NAME) as store:
         runner = LocateRunner(engine, store, samples=samples_k, temperature=temperature,
                               places=False, on_progress=on_progress, on_outcome=on_outcome,
-                              on_token=on_token, cancel=cancel)
+                              on_token=on_token, on_guess=on_guess, cancel=cancel)
         summary = runner.run(items)
         for outcome in summary.outcomes:
             outcomes[outcome.item.path] = outcome

@@ -344,13 +344,15 @@ class Engine:
 
     # -- the work ----------------------------------------------------------------------------
 
-    def locate(self, image, *, on_token=None, cancel: threading.Event | None = None,
-               samples: int = 1, temperature: float = 0.0) -> LocateResult:
+    def locate(self, image, *, on_token=None, on_guess=None,
+               cancel: threading.Event | None = None, samples: int = 1,
+               temperature: float = 0.0) -> LocateResult:
         """Geolocate one photo. `image` is a path (prepared here with the model's budget) or a
         PIL image already prepared with `images.prepare_image(path, spec.budget)`.
-        on_token(piece) receives the text as it is generated (the guess index is not passed;
-        guesses stream one after another). cancel: a threading.Event checked before each token;
-        when set, returns promptly with cancelled=True and what was generated so far."""
+        on_token(piece) receives the text as it is generated; guesses stream one after another
+        and on_guess(k) is called before guess k (0-based) starts. cancel: a threading.Event
+        checked before each token; when set, returns promptly with cancelled=True and what was
+        generated so far."""
         from geolocsft.engine_mtmd import NativeError
 
         if samples < 1:
@@ -376,6 +378,8 @@ class Engine:
                     result.cancelled = True
                     return result
                 for k in range(samples):
+                    if on_guess is not None:
+                        on_guess(k)
                     timings = Timings()
                     if k == 0:
                         timings.image_prepare_s = prepare_s

@@ -177,8 +177,10 @@ def exif_gps_fields(lat: float, lon: float) -> dict[str, str]:
     }
 
 
-def _has_our_exif_gps(pyexiv2, path: Path) -> bool:
+def written_by_geolocsft(path: str | Path) -> bool:
     """True for a copy an earlier run made (so a rerun may refresh it)."""
+    pyexiv2 = _pyexiv2()
+    path = Path(path)
     try:
         data = pyexiv2.ImageData(path.read_bytes())
         try:
@@ -191,17 +193,21 @@ def _has_our_exif_gps(pyexiv2, path: Path) -> bool:
 
 
 def write_exif_gps(
-    source: str | Path, target: str | Path, result: PhotoResult, *, force: bool = False
+    source: str | Path, target: str | Path, result: PhotoResult, *, force: bool = False,
+    replace_target: bool | None = None,
 ) -> TagOutcome:
     """Write the predicted GPS into `target`: a copy of `source`, or `source` itself when the two
     are the same path (the caller allows that only with --in-place). A photo that already carries
-    GPS (its own, real fix) keeps it unless force; GPS geolocsft wrote before is updated."""
+    GPS (its own, real fix) keeps it unless force; GPS geolocsft wrote before is updated. Another
+    file already at `target` is replaced only with replace_target (default: force)."""
     source, target = Path(source), Path(target)
     if not result.has_point:
         return TagOutcome(target, "skipped", "no predicted point")
     in_place = source.resolve() == target.resolve() if target.exists() else False
     pyexiv2 = _pyexiv2()
-    if target.exists() and not in_place and not force and not _has_our_exif_gps(pyexiv2, target):
+    replace_target = force if replace_target is None else replace_target
+    if (target.exists() and not in_place and not replace_target
+            and not written_by_geolocsft(target)):
         return TagOutcome(target, "skipped", "a file is already there; use --force to replace it")
     try:
         data = pyexiv2.ImageData(source.read_bytes())

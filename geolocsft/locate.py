@@ -118,7 +118,8 @@ def _error_text(exc: BaseException, path: Path) -> str:
 
 class LocateRunner:
     """Runs an Engine over photos into a ResultStore. Callbacks run on the calling thread:
-    on_progress(Progress), on_outcome(PhotoOutcome), on_token(PhotoItem, piece)."""
+    on_progress(Progress), on_outcome(PhotoOutcome), on_token(PhotoItem, piece),
+    on_guess(PhotoItem, k, samples) before guess k of a photo starts."""
 
     def __init__(
         self,
@@ -131,6 +132,7 @@ class LocateRunner:
         on_progress: Callable[[Progress], None] | None = None,
         on_outcome: Callable[[PhotoOutcome], None] | None = None,
         on_token: Callable[[PhotoItem, str], None] | None = None,
+        on_guess: Callable[[PhotoItem, int, int], None] | None = None,
         cancel: threading.Event | None = None,
     ):
         if samples < 1:
@@ -143,6 +145,7 @@ class LocateRunner:
         self.on_progress = on_progress
         self.on_outcome = on_outcome
         self.on_token = on_token
+        self.on_guess = on_guess
         self.cancel = cancel or threading.Event()
         spec = engine.spec
         self.model_sha256 = spec.model_sha256
@@ -281,10 +284,12 @@ class LocateRunner:
     def _compute(self, prepared: _Prepared) -> PhotoOutcome:
         item = prepared.item
         on_token = (lambda piece: self.on_token(item, piece)) if self.on_token else None
+        on_guess = ((lambda k: self.on_guess(item, k, self.samples)) if self.on_guess else None)
         try:
             located = self.engine.locate(
                 prepared.image,
                 on_token=on_token,
+                on_guess=on_guess,
                 cancel=self.cancel,
                 samples=self.samples,
                 temperature=self.temperature,
@@ -407,3 +412,11 @@ def format_eta(seconds: float | None) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def guess_heading(k: int, samples: int) -> str:
+    """The line that opens guess k (0-based) of `samples` in a shown reasoning text; none when
+    there is one guess."""
+    if samples <= 1:
+        return ""
+    return ("\n\n" if k else "") + f"— guess {k + 1} of {samples} —\n"

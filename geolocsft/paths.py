@@ -10,23 +10,36 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _user_base(kind: str) -> Path:
+    """The platform's folder for `kind` ("cache" or "data"): XDG on Linux and other Unixes,
+    %LOCALAPPDATA% on Windows (not the roaming %APPDATA%: model files are gigabytes),
+    ~/Library on macOS."""
+    home = Path(os.path.expanduser("~"))
+    if sys.platform == "win32":
+        root = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "geolocsft"
+        return root / "Cache" if kind == "cache" else root
+    if sys.platform == "darwin":
+        sub = "Caches" if kind == "cache" else "Application Support"
+        return home / "Library" / sub / "geolocsft"
+    if kind == "cache":
+        return Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "geolocsft"
+    return Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "geolocsft"
+
+
 def cache_dir() -> Path:
-    """Rebuildable things: llama.cpp source package, tiny test models, demo model."""
-    base = os.environ.get("GEOLOCSFT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "geolocsft"
-    )
-    path = Path(base)
+    """Rebuildable things: llama.cpp source package, tiny test models, demo model
+    ($GEOLOCSFT_CACHE, else the platform's cache folder)."""
+    path = Path(os.environ.get("GEOLOCSFT_CACHE") or _user_base("cache"))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def data_dir() -> Path:
     """The user's geolocsft data folder: results store, exports of read-only folders, models
-    outside a checkout ($GEOLOCSFT_DATA, else $XDG_DATA_HOME/geolocsft)."""
+    outside a checkout ($GEOLOCSFT_DATA, else the platform's data folder)."""
     if os.environ.get("GEOLOCSFT_DATA"):
         return Path(os.environ["GEOLOCSFT_DATA"])
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "geolocsft"
+    return _user_base("data")
 
 
 def models_dir() -> Path:

@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+from convert.families.qwen25vl import TINY_TEXT
+
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("llama_cpp")
@@ -34,8 +36,8 @@ def test_merge_is_exact_in_fp32(tiny_qwen_dir, tiny_qwen_adapter, merged_fp32):
     from tests.fixtures.models import assert_merge_exact
 
     adapter, _ = tiny_qwen_adapter
-    # 2 layers x q,k,v,o,gate,up,down; the vision tower's blocks are not targets.
-    assert assert_merge_exact(tiny_qwen_dir, adapter, merged_fp32) == 2 * 7
+    # q,k,v,o,gate,up,down per layer; the vision tower's blocks are not targets.
+    assert assert_merge_exact(tiny_qwen_dir, adapter, merged_fp32) == 7 * TINY_TEXT["num_hidden_layers"]
     info = json.loads((merged_fp32 / "merge_info.json").read_text())
     assert info["family"] == "qwen2.5-vl" and info["adapter_sha256"]
     assert (merged_fp32 / "chat_template.jinja").is_file()

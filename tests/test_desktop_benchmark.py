@@ -100,7 +100,7 @@ def test_benchmark_fills_live_cancels_resumes_and_matches_report(model_window, q
     timer.start(20)
 
     # First run: cancel (Esc's action) once the second photo is streaming.
-    with qtbot.waitSignal(worker.benchFinished, timeout=120_000) as first:
+    with qtbot.waitSignal(win.benchDone, timeout=120_000) as first:
         assert pane.run_button.isEnabled()
         assert win.start_benchmark()  # what the Run button does: the form's run
         assert win.running and pane.cancel_button.isEnabled()
@@ -140,7 +140,7 @@ def test_benchmark_fills_live_cancels_resumes_and_matches_report(model_window, q
     # only after the user agreed to rewrite the report there.
     assert not win.start_benchmark(pane.request(win.spec.name))
     assert "not replaced" in win.problems[-1]
-    with qtbot.waitSignal(worker.benchFinished, timeout=120_000) as second:
+    with qtbot.waitSignal(win.benchDone, timeout=120_000) as second:
         assert win.start_benchmark(confirm_replace=lambda existing: existing == out / "report.json")
     qtbot.waitUntil(lambda: not win.running, timeout=5_000)
     timer.stop()

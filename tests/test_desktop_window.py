@@ -232,7 +232,7 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     followed = []  # (photo started, photo selected once the window handled it)
     win.thread.worker.photoStarted.connect(lambda path: followed.append((path, win.current_path())))
     plain_path = str(photo_folder / "d_plain.png")
-    with qtbot.waitSignal(win.thread.worker.runFinished, timeout=120_000) as finished:
+    with qtbot.waitSignal(win.runDone, timeout=120_000) as finished:
         assert win.start_run(paths)
         assert win.cancel_action.isEnabled() and not win.locate_action.isEnabled()
         # While the first photo runs the user looks at another one: the window stops following.
@@ -286,12 +286,18 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     sampled = win.engine_options()
     sampled = type(sampled)(threads=sampled.threads, samples=2, temperature=0.8,
                             engine_kwargs=sampled.engine_kwargs)
-    with qtbot.waitSignal(win.thread.worker.runFinished, timeout=120_000):
+    streamed: list[str] = []
+    win.thread.worker.token.connect(lambda path, piece: streamed.append(piece))
+    with qtbot.waitSignal(win.runDone, timeout=120_000):
         assert win.start_run([str(photo_folder / "d_plain.png")], sampled)
     qtbot.waitUntil(lambda: not win.running, timeout=5_000)
     plain = win.results.row(photo_folder / "d_plain.png")
     assert plain.status == RowStatus.DONE and plain.result.samples == 2
     win.select_photo(photo_folder / "d_plain.png")
+    # Each guess's text opens with its heading, live and once finished, and the same text.
+    shown = win.reasoning.plain_text()
+    assert shown.startswith("— guess 1 of 2 —\n") and "\n\n— guess 2 of 2 —\n" in shown
+    assert "".join(streamed) == shown
     assert len(win.map.overlay_items("guesses")) == 2
     if plain.result.radius_km:
         assert win.map.overlay_items("circle")
@@ -332,8 +338,41 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     replaced = win.write_xmp_sidecars(confirm_replace=lambda existing: True)
     assert {t.action for t in replaced} == {"updated"}
 
+    # EXIF GPS into copies (as `locate --write-exif`): originals untouched, a photo's own GPS
+    # kept, never into the photo folder, a file that is not ours replaced only when allowed.
+    from geolocsft.images import read_gps
+
+    originals = {row.path: row.path.read_bytes() for row in located}
+    assert win.write_exif_copies(photo_folder / "sub") == []
+    assert "inside the photo folder" in win.problems[-1]
+    copies = photo_folder.parent / "with-gps"
+    copies.mkdir()
+    victim = next(row.path.name for row in located if read_gps(row.path) is None)
+    (copies / victim).write_bytes(b"someone else's file")
+    asked = []
+    tags = {t.path.name: t for t in win.write_exif_copies(
+        copies, confirm_replace=lambda existing: asked.append(existing) or False)}
+    assert asked == [[copies / victim]]
+    assert tags[victim].action == "skipped"
+    assert (copies / victim).read_bytes() == b"someone else's file"
+    for row in located:
+        tag = tags[row.path.name]
+        if read_gps(row.path) is not None:  # its own fix stays the truth
+            assert tag.action == "skipped" and "already has EXIF GPS" in tag.message
+        elif row.path.name != victim:
+            assert tag.action == "created", tag
+            assert read_gps(copies / row.path.name) == pytest.approx(
+                (row.result.latitude, row.result.longitude), abs=1e-5)
+        assert row.path.read_bytes() == originals[row.path]
+    tags = {t.path.name: t for t in win.write_exif_copies(
+        copies, confirm_replace=lambda existing: True)}
+    assert tags[victim].action == "created"
+    row = next(r for r in located if r.path.name == victim)
+    assert read_gps(copies / victim) == pytest.approx(
+        (row.result.latitude, row.result.longitude), abs=1e-5)
+
     # A second run of the same photos comes from the store at once.
-    with qtbot.waitSignal(win.thread.worker.runFinished, timeout=60_000) as again:
+    with qtbot.waitSignal(win.runDone, timeout=60_000) as again:
         win.start_run(paths[:2])
     assert again.args[0].count("skipped") == 2
     qtbot.waitUntil(lambda: not win.running, timeout=5_000)
@@ -367,7 +406,7 @@ def test_cancel_stops_within_a_second(model_window, qtbot, photo_folder, tmp_pat
     assert win.running
     qtbot.waitUntil(lambda: bool(first_token), timeout=60_000)
     started = time.perf_counter()
-    with qtbot.waitSignal(win.thread.worker.runFinished, timeout=5_000) as finished:
+    with qtbot.waitSignal(win.runDone, timeout=5_000) as finished:
         qtbot.keyClick(win, Qt.Key.Key_Escape)
     assert time.perf_counter() - started < 1.0
     qtbot.waitUntil(lambda: not win.running, timeout=5_000)

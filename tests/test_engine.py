@@ -215,8 +215,13 @@ def test_grammar_makes_even_a_random_model_answer(qwen_grammar_engine, photos):
 
 
 def test_several_guesses_give_a_consensus(qwen_grammar_engine, photos):
-    result = qwen_grammar_engine.locate(photos[1], samples=2, temperature=0.5)
+    streamed: list[list[str]] = []  # one list of pieces per guess, split where on_guess fires
+    result = qwen_grammar_engine.locate(
+        photos[1], samples=2, temperature=0.5,
+        on_guess=lambda k: streamed.append([]) or None,
+        on_token=lambda piece: streamed[-1].append(piece))
     assert len(result.guesses) == 2
+    assert ["".join(pieces) for pieces in streamed] == [g.text for g in result.guesses]
     assert [g.finish for g in result.guesses] == ["stop"] * 2
     assert all(g.parsed.ok for g in result.guesses)
     assert len({g.text for g in result.guesses}) > 1  # each guess has its own seed

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,27 @@ def test_file_lock_makes_another_process_wait(tmp_path):
     finally:
         child.wait(timeout=30)
     assert child.returncode == 0
+
+
+@pytest.mark.parametrize("platform, env, data, cache", [
+    ("linux", {"XDG_DATA_HOME": "/x/data", "XDG_CACHE_HOME": "/x/cache"},
+     "/x/data/geolocsft", "/x/cache/geolocsft"),
+    ("linux", {}, "~/.local/share/geolocsft", "~/.cache/geolocsft"),
+    ("win32", {"LOCALAPPDATA": "/w/Local"}, "/w/Local/geolocsft", "/w/Local/geolocsft/Cache"),
+    ("darwin", {}, "~/Library/Application Support/geolocsft", "~/Library/Caches/geolocsft"),
+])
+def test_user_folders_follow_the_platform(tmp_path, monkeypatch, platform, env, data, cache):
+    from geolocsft import paths
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("GEOLOCSFT_DATA", "GEOLOCSFT_CACHE", "XDG_DATA_HOME", "XDG_CACHE_HOME",
+                 "LOCALAPPDATA"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(paths.sys, "platform", platform)
+    home = str(tmp_path)
+    assert paths._user_base("data") == Path(data.replace("~", home))
+    assert paths._user_base("cache") == Path(cache.replace("~", home))
+    monkeypatch.setenv("GEOLOCSFT_DATA", str(tmp_path / "mine"))
+    assert paths.data_dir() == tmp_path / "mine"

@@ -169,12 +169,12 @@ def loss_tokens(collator, records):
     return batch, texts
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["qwen2.5-vl", "gemma3"])
-def test_loss_is_carried_by_exactly_the_answer_and_end_of_turn(tmp_path, family, request):
+def tiny_collator(request, tmp_path, family: str):
+    """(model folder, collator, records) for the family's tiny model and a small dataset with
+    answers of different lengths, so a batch of 3 is right-padded."""
     from transformers import AutoProcessor
 
-    from trainer.collate import END_OF_TURN, SFTCollator, load_records
+    from trainer.collate import SFTCollator, load_records
     from trainer.sft import image_budget
     from trainer.sft_config import SFTConfig
 
@@ -183,9 +183,18 @@ def test_loss_is_carried_by_exactly_the_answer_and_end_of_turn(tmp_path, family,
     fam = Family(family)
     processor = AutoProcessor.from_pretrained(model_dir)
     budget = image_budget(fam, processor, SFTConfig())
-    # Different answer lengths in one batch, so right padding is exercised too.
     records, _ = load_records(make_dataset(tmp_path, per_place=1), budget)
-    collator = SFTCollator(processor, fam, budget)
+    return model_dir, SFTCollator(processor, fam, budget), records
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "gemma3"])
+def test_loss_is_carried_by_exactly_the_answer_and_end_of_turn(tmp_path, family, request):
+    from trainer.collate import END_OF_TURN
+
+    fam = Family(family)
+    _, collator, records = tiny_collator(request, tmp_path, family)
+    processor = collator.processor
     batch, texts = loss_tokens(collator, records[:3])
     for rec, text in zip(records[:3], texts):
         assert text == rec.target + END_OF_TURN[fam]
@@ -197,6 +206,51 @@ def test_loss_is_carried_by_exactly_the_answer_and_end_of_turn(tmp_path, family,
     assert int((batch["attention_mask"] == 0).sum()) > 0  # some padding exists
     assert not bool((batch["labels"][batch["attention_mask"] == 0] != -100).any())
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "gemma3"])
+def test_loss_on_labelled_positions_equals_the_models_own_loss(tmp_path, family, request):
+    """The trainer asks for logits only where the next token is labelled (trainer/loss.py);
+    value and LoRA gradients equal transformers' full-sequence loss on a right-padded batch."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from trainer.lora import apply_lora
+    from trainer.loss import next_token_loss
+
+    fam = Family(family)
+    model_dir, collator, records = tiny_collator(request, tmp_path, family)
+    batch = collator(records[:3])
+    assert int((batch["attention_mask"] == 0).sum()) > 0  # padding is in the batch
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    model, _ = apply_lora(model, fam, 8, 16, 0.0, False)
+    for name, param in model.named_parameters():  # LoRA B starts at 0: give it a gradient path
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(fn):
+        loss = fn()
+        grads = torch.autograd.grad(loss, trainable)
+        return float(loss.detach()), grads
+
+    ours, ours_grads = loss_and_grads(lambda: next_token_loss(model, batch))
+    theirs, their_grads = loss_and_grads(lambda: model(**batch).loss)
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    for a, b in zip(ours_grads, their_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_batch_without_labels_is_refused():
+    import torch
+
+    from trainer.loss import next_token_loss
+
+    batch = {"input_ids": torch.ones(1, 4, dtype=torch.long),
+             "labels": torch.full((1, 4), -100)}
+    with pytest.raises(ValueError, match="no labelled token"):
+        next_token_loss(lambda **_: None, batch)
 
 def model_dir_image_token(processor) -> int:
     token = getattr(processor, "image_token", None) or "<|image_pad|>"

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from convert.families.qwen25vl import TINY_TEXT
 from tests.test_sft_data import PLACES, make_dataset, record
+
+# LoRA targets of the tiny Qwen: 7 projections in each decoder layer.
+QWEN_TARGETS = TINY_TEXT["num_hidden_layers"] * 7
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +80,7 @@ def test_qwen_loss_falls_and_run_is_recorded(qwen_run, tiny_qwen_dir):
     assert rec["data"]["train"] == 6 and rec["data"]["held_out"] == 2
     assert len(rec["data"]["sha256"]) == 64 and rec["git_revision"]
     assert rec["versions"]["peft"] and rec["config"]["learning_rate"] == 2e-3
-    assert rec["image_budget"]["family"] == "qwen2.5-vl" and rec["lora_targets"] == 2 * 7
+    assert rec["image_budget"]["family"] == "qwen2.5-vl" and rec["lora_targets"] == QWEN_TARGETS
     # TensorBoard got the same scalars.
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -84,8 +88,8 @@ def test_qwen_loss_falls_and_run_is_recorded(qwen_run, tiny_qwen_dir):
 def test_qwen_lora_lives_in_the_language_model_only(qwen_run):
     _, _, run_dir = qwen_run
     tensors = adapter_tensors(run_dir)
-    # 2 layers x 7 projections x (A, B); nothing from the vision tower or the merger.
-    assert len(tensors) == 2 * 7 * 2
+    # 7 projections per layer x (A, B); nothing from the vision tower or the merger.
+    assert len(tensors) == QWEN_TARGETS * 2
     assert all(".language_model.layers." in name for name in tensors)
     assert not any("visual" in name for name in tensors)
     # Training moved the B matrices away from their zero initialisation.
@@ -107,7 +111,7 @@ def test_qwen_adapter_goes_through_the_converter_merge(qwen_run, tiny_qwen_dir, 
     after = load_file(str(Path(merged) / "model.safetensors"))
     assert base.keys() == after.keys()
     changed = {k for k in base if not torch.equal(base[k], after[k])}
-    assert len(changed) == 2 * 7
+    assert len(changed) == QWEN_TARGETS
     # (checkpoint names: language model "model.layers.N...", vision "visual.blocks.N...")
     assert all(k.startswith("model.layers.") and k.endswith("proj.weight") for k in changed)
     assert any(k.startswith("visual.blocks.") and "mlp.up_proj" in k for k in base)

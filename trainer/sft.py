@@ -31,6 +31,7 @@ from geolocsft.images import Family, ImageBudget, default_budget
 from trainer.collate import SFTCollator, load_records, split_holdout
 from trainer.jsonl import write_json_atomic
 from trainer.lora import apply_lora, family_from_model_type
+from trainer.loss import next_token_loss
 from trainer.sft_config import SFTConfig
 
 CHECKPOINTS = "checkpoints"
@@ -427,7 +428,7 @@ def train(cfg: SFTConfig) -> dict:
             sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
             with sync:
                 with accelerator.autocast():
-                    loss = model(**batch).loss / len(chunks)
+                    loss = next_token_loss(model, batch) / len(chunks)
                 accelerator.backward(loss)
             step_loss += loss.detach()
         grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)

@@ -59,11 +59,20 @@ TINY_SEED = 1234
 TINY_TEXT = dict(
     hidden_size=256,
     intermediate_size=512,
-    num_hidden_layers=2,
+    # 6 like the tiny Gemma 3: with 2 or 4 layers the SFT'd model read the photo but its greedy
+    # captions kept slipping to another place's words (docs/demo.md, "What the tiny Qwen...").
+    num_hidden_layers=6,
     num_attention_heads=4,  # head_dim 64
     num_key_value_heads=2,
     max_position_embeddings=4096,
     rms_norm_eps=1e-6,
+    # 5x the usual 0.02, as for the tiny Gemma 3. With 0.02 the tied 152k-row embedding and the
+    # unit final norm cap a random model's logits near 5, below the ~12 nats a confident token
+    # needs over this vocabulary; LoRA cannot move either, so SFT stalled at a loss of ~7.9
+    # (the released 3B's trained embedding has no such cap). A 0.2 embedding over 0.02 layers
+    # still stalled (loss 1.45 after 96 steps). Peaked logits also keep f16 rounding from
+    # flipping near-tied top tokens in the GGUF agreement checks.
+    initializer_range=0.1,
     # M-RoPE sections (temporal, height, width) sum to head_dim/2, in the 3B's 2:3:3 ratio.
     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]},
 )
@@ -82,6 +91,9 @@ TINY_VISION = dict(
     # full) shrunk. All-full blocks would be simpler but llama.cpp's clip then fails
     # ("Failed to get tensor window_mask"); with images <= 112 px one window covers the image.
     fullatt_block_indexes=[1, 3],
+    # Like the text's: at 0.02 the random tower's image embeddings are ~0.03 in size beside text
+    # embeddings of 0.1, and the language model learns to ignore the photo.
+    initializer_range=0.1,
 )
 
 
