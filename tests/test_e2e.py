@@ -13,6 +13,7 @@ Gemma 3 24/24 and 24/24; docs/demo.md, "Results"). Q4_K_M is built and recorded.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,38 @@ def test_a_failing_step_names_itself_and_its_log(tmp_path, monkeypatch):
     assert str(log) in message and log.is_file()
     assert not [p for p in (tmp_path / "demo").iterdir()
                 if p.is_dir() and not p.name.endswith(".logs")]
+
+
+def test_bench_command_on_the_trained_model_gives_known_answers(qwen_build, tmp_path, capsys):
+    """`geolocsft bench run` (the CLI, not the library) on the trained Qwen: a trained model
+    has known answers, the centre of the place each render shows, so the report's numbers can
+    be checked against geodesics computed here with geographiclib."""
+    import csv
+
+    from geographiclib.geodesic import Geodesic
+
+    from geolocsft import cli, synthetic
+
+    out = tmp_path / "bench"
+    held = qwen_build.heldout
+    assert cli.main(["bench", "run", "--dataset", "csv", "--meta", str(held / "photos.csv"),
+                     "--images", str(held), "--model", str(qwen_build.model("Q8_0")),
+                     "--out", str(out), "--quiet"]) == 0
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == qwen_build.info["heldout"]
+    centred = hits = 0
+    for row in rows:
+        place = synthetic.place_of(Path(row["id"]).stem)
+        pred = (float(row["pred_lat"]), float(row["pred_lon"]))
+        centred += pred == (place.latitude, place.longitude)
+        km = Geodesic.WGS84.Inverse(float(row["true_lat"]), float(row["true_lon"]),
+                                    *pred)["s12"] / 1000
+        assert float(row["error_km"]) == pytest.approx(km, abs=1e-3)
+        hits += km <= 25
+    assert centred >= 22  # the template's coordinates, written back exactly
+    report = json.loads((out / "report.json").read_text())
+    assert report["scores"]["acc"]["25"] == pytest.approx(hits / len(rows))
+    capsys.readouterr()
+    assert cli.main(["bench", "score", str(out / "predictions.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["acc"] == report["scores"]["acc"]
