@@ -1,7 +1,8 @@
 """Persistent settings (QSettings) and the settings dialog.
 
 Stored: models folder, threads, image budget (max image tokens; 0 = the model's budget, the
-paper's 1,280 for Qwen2.5-VL), samples per photo, recent folders, MBTiles base map, last model,
+paper's 1,280 for Qwen2.5-VL), photos decoded together (throughput mode), GPU layers, samples
+per photo, recent folders, MBTiles base map, last model,
 the benchmark form.
 """
 
@@ -64,6 +65,22 @@ class AppSettings:
         self.q.setValue("engine/image_max_tokens", int(value))
 
     @property
+    def parallel(self) -> int:
+        return max(1, self._get("engine/parallel", 1, int))
+
+    @parallel.setter
+    def parallel(self, value: int) -> None:
+        self.q.setValue("engine/parallel", max(1, int(value)))
+
+    @property
+    def gpu_layers(self) -> int:
+        return self._get("engine/gpu_layers", -1, int)
+
+    @gpu_layers.setter
+    def gpu_layers(self, value: int) -> None:
+        self.q.setValue("engine/gpu_layers", int(value))
+
+    @property
     def samples(self) -> int:
         return max(1, self._get("engine/samples", 1, int))
 
@@ -107,7 +124,9 @@ class AppSettings:
 
         return EngineOptions(threads=self.threads or None,
                              image_max_tokens=self.image_max_tokens or None,
-                             samples=self.samples)
+                             samples=self.samples,
+                             engine_kwargs={"parallel": self.parallel,
+                                            "n_gpu_layers": self.gpu_layers})
 
     def sync(self) -> None:
         self.q.sync()
@@ -131,6 +150,19 @@ class SettingsDialog(QDialog):
         self.image_tokens.setSpecialValueText("model's budget")
         self.image_tokens.setValue(settings.image_max_tokens)
         form.addRow("Max image tokens", self.image_tokens)
+        self.parallel = QSpinBox()
+        self.parallel.setRange(1, 16)
+        self.parallel.setValue(settings.parallel)
+        self.parallel.setToolTip("Throughput mode for Locate all: several photos decoded "
+                                 "together (same answers, more photos per hour)")
+        form.addRow("Photos decoded together", self.parallel)
+        self.gpu_layers = QSpinBox()
+        self.gpu_layers.setRange(-1, 1024)
+        self.gpu_layers.setSpecialValueText("all")
+        self.gpu_layers.setValue(settings.gpu_layers)
+        self.gpu_layers.setToolTip("Layers on the GPU when llama.cpp was built with CUDA or "
+                                   "Metal; 0 = CPU only")
+        form.addRow("GPU layers", self.gpu_layers)
         self.samples = QSpinBox()
         self.samples.setRange(1, 32)
         self.samples.setValue(settings.samples)
@@ -173,6 +205,8 @@ class SettingsDialog(QDialog):
         self.settings.models_dir = self.models_dir.text().strip()
         self.settings.threads = self.threads.value()
         self.settings.image_max_tokens = self.image_tokens.value()
+        self.settings.parallel = self.parallel.value()
+        self.settings.gpu_layers = self.gpu_layers.value()
         self.settings.samples = self.samples.value()
         self.settings.mbtiles = self.mbtiles.text().strip()
         self.settings.sync()

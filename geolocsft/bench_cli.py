@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from geolocsft.locate_cli import add_speed_options, speed_kwargs
+
 
 def register(subparsers) -> None:
     bench = subparsers.add_parser("bench", help="score predictions and run benchmarks",
@@ -61,6 +63,7 @@ def register(subparsers) -> None:
                      help="sampling temperature (default 0 for one guess, 0.7 for several)")
     run.add_argument("--threads", type=int, default=None, help="CPU threads")
     run.add_argument("--max-tokens", type=int, default=None, help="most tokens per guess")
+    add_speed_options(run)
     run.add_argument("--strict", action="store_true", help="hit = distance < radius")
     run.add_argument("--unparsed", choices=("miss", "origin"), default="miss")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -132,8 +135,8 @@ def run_run(args: argparse.Namespace) -> int:
     if temperature is None:
         temperature = DEFAULT_SAMPLED_TEMPERATURE if args.samples > 1 else 0.0
     try:
-        engine = Engine(spec, **{k: v for k, v in (("n_threads", args.threads),
-                                                   ("max_tokens", args.max_tokens)) if v})
+        options = {"n_threads": args.threads, "max_tokens": args.max_tokens, **speed_kwargs(args)}
+        engine = Engine(spec, **{k: v for k, v in options.items() if v is not None})
     except EngineError as exc:
         raise CliError(str(exc)) from exc
     bar = ProgressBar(sys.stderr, enabled=not args.quiet and sys.stderr.isatty())

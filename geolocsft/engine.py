@@ -169,6 +169,7 @@ class Timings:
     generated_tokens: int = 0
     tokens_per_s: float = 0.0
     prefix_reused: bool = False  # the instruction prompt's KV state came from the cache
+    forced_tokens: int = 0  # of generated_tokens, those decoded in a grammar draft batch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -229,7 +230,7 @@ class LocateResult:
         total = Timings()
         for guess in self.guesses:
             for name in ("image_prepare_s", "image_encode_s", "prompt_s", "generate_s",
-                         "prompt_tokens", "image_tokens", "generated_tokens"):
+                         "prompt_tokens", "image_tokens", "generated_tokens", "forced_tokens"):
                 setattr(total, name, getattr(total, name) + getattr(guess.timings, name))
         total.tokens_per_s = total.generated_tokens / total.generate_s if total.generate_s else 0.0
         total.prefix_reused = bool(self.guesses) and self.guesses[0].timings.prefix_reused
@@ -247,12 +248,17 @@ class Engine:
                  n_ctx: int = DEFAULT_N_CTX, image_max_tokens: int | None = None,
                  grammar: bool = DEFAULT_GRAMMAR, max_tokens: int = DEFAULT_MAX_TOKENS,
                  seed: int = 0, n_batch: int = 512, n_gpu_layers: int = -1,
-                 reuse_prompt_cache: bool = True, max_value_chars: int | None = None):
+                 reuse_prompt_cache: bool = True, max_value_chars: int | None = None,
+                 jump_forward: bool = True, parallel: int = 1):
         """n_gpu_layers: layers offloaded when llama.cpp was built with a GPU backend (-1 all).
         reuse_prompt_cache: keep the instruction prompt's KV state between photos (False only
         to measure what it saves; the output is identical either way).
         max_value_chars: with grammar on, the longest string value the model may write
-        (default: the protocol's MAX_VALUE_CHARS)."""
+        (default: the protocol's MAX_VALUE_CHARS).
+        jump_forward: with grammar on, decode the text the grammar forces (JSON keys,
+        punctuation) as one verified batch instead of token by token; same tokens.
+        parallel: photos `locate_many` decodes together in one context (throughput mode);
+        n_ctx is per photo."""
         from geolocsft.engine_mtmd import MtmdModel, NativeError, render_prompt
 
         self.spec = spec
@@ -261,6 +267,10 @@ class Engine:
         self.seed = int(seed)
         self.reuse_prompt_cache = bool(reuse_prompt_cache)
         self.max_value_chars = int(max_value_chars or protocol.MAX_VALUE_CHARS)
+        self.jump_forward = bool(jump_forward)
+        self.parallel = int(parallel)
+        if self.parallel < 1:
+            raise EngineError(f"parallel must be at least 1, got {parallel}")
         if self.max_tokens < 1:
             raise EngineError(f"max_tokens must be at least 1, got {max_tokens}")
         self.prompt = protocol.get_prompt(spec.prompt_version)
@@ -278,7 +288,7 @@ class Engine:
                 image_min_tokens=min(self.image_min_tokens, self.image_max_tokens),
                 image_max_tokens=self.image_max_tokens,
                 # Gemma 3's sliding-window layers would otherwise drop the instruction prompt.
-                swa_full=Family(spec.family) is Family.GEMMA3,
+                swa_full=Family(spec.family) is Family.GEMMA3, n_seq=self.parallel,
             )
         except NativeError as exc:
             raise EngineError(f"{spec.gguf} + {spec.mmproj}: cannot load: {exc}") from None
@@ -385,21 +395,14 @@ class Engine:
                         timings.image_prepare_s = prepare_s
                         timings.image_encode_s = stats.image_encode_s
                         timings.prompt_s = stats.prompt_s
-                        timings.prefix_reused = stats.prefix_reused
-                    else:
-                        timings.prompt_s = self._model.rewind_to_prompt_end()
-                        timings.prefix_reused = True
+                    timings.prefix_reused = stats.prefix_reused or k > 0
                     timings.prompt_tokens, timings.image_tokens = stats.prompt_tokens, stats.image_tokens
                     gen = self._model.generate(
                         max_tokens=self.max_tokens, temperature=temperature,
                         seed=self.seed + k, grammar=self._grammar_text, on_piece=on_token,
-                        cancel=cancel)
-                    timings.generate_s = gen.generate_s
-                    timings.generated_tokens = gen.generated_tokens
-                    timings.tokens_per_s = (gen.generated_tokens / gen.generate_s
-                                            if gen.generate_s > 0 else 0.0)
-                    result.guesses.append(Guess(gen.text, protocol.parse_output(gen.text),
-                                                timings, gen.finish))
+                        cancel=cancel, jump_forward=self.jump_forward)
+                    guess = _guess(gen, timings)
+                    result.guesses.append(guess)
                     if gen.finish == "cancelled":
                         result.cancelled = True
                         return result
@@ -409,6 +412,80 @@ class Engine:
         if samples > 1 and points:
             result.consensus = geo.consensus(points)
         return result
+
+    def replay(self, images, caption: str) -> list[LocateResult]:
+        """Benchmarks: run each photo's prompt as `locate_many` does, then decode `caption`'s
+        tokens as if the model had sampled them (grammar, jump-forward and batching as set).
+        Random-weight models write arbitrary text; this times a real caption's decode."""
+        tokens = self._model.tokenize(caption)
+        return self.locate_many(images, _replay=tokens)
+
+    def locate_many(self, images, *, on_token=None, cancel: threading.Event | None = None,
+                    temperature: float = 0.0, _replay: list[int] | None = None) -> list[LocateResult]:
+        """Geolocate several photos together (throughput mode): each is prefilled into its own
+        sequence, sharing the cached instruction prefix, then all are decoded in one batch per
+        step. At most `parallel` at a time (more are done in groups). Greedy results equal
+        `locate`'s, photo by photo. on_token(i, piece) streams photo i's text. One guess each."""
+        from geolocsft.engine_mtmd import NativeError
+
+        if self._model is None:
+            raise EngineError(f"{self.spec.gguf}: the engine is closed")
+        images = list(images)
+        results: list[LocateResult] = []
+        for start in range(0, len(images), self.parallel):
+            group = images[start:start + self.parallel]
+            offset = start
+            stream = (None if on_token is None
+                      else lambda i, piece, _o=offset: on_token(_o + i, piece))
+            results += self._locate_group(group, stream, cancel, temperature, NativeError, _replay)
+        return results
+
+    def _locate_group(self, group, on_token, cancel, temperature, native_error, replay):
+        results = [LocateResult() for _ in group]
+        if cancel is not None and cancel.is_set():
+            for r in results:
+                r.cancelled = True
+            return results
+        prepared = []
+        for image in group:
+            t0 = time.perf_counter()
+            prepared.append((self._prepare(image), time.perf_counter() - t0))
+        with self._lock:
+            if self._model is None:
+                raise EngineError(f"{self.spec.gguf}: the engine is closed")
+            stats = []
+            try:
+                for slot, (rgb, _) in enumerate(prepared):
+                    try:
+                        got = self._model.evaluate_prompt(self._prompt_text, rgb, reuse_prefix=True,
+                                                          cancel=cancel, seq_id=slot)
+                    except (native_error, RuntimeError) as exc:
+                        raise EngineError(f"{_label(group[slot])}: inference failed: {exc}") from None
+                    if got is None:
+                        for r in results:
+                            r.cancelled = True
+                        return results
+                    stats.append(got)
+                try:
+                    gens = self._model.generate_many(
+                        list(range(len(group))), max_tokens=self.max_tokens,
+                        temperature=temperature, seeds=[self.seed] * len(group),
+                        grammar=self._grammar_text, on_piece=on_token, cancel=cancel,
+                        jump_forward=self.jump_forward,
+                        replays=[replay] * len(group) if replay is not None else None)
+                except (native_error, RuntimeError) as exc:
+                    raise EngineError(f"{_label(group[0])} and {len(group) - 1} more: "
+                                      f"inference failed: {exc}") from None
+            finally:
+                for slot in range(1, len(group)):
+                    self._model.release(slot)
+        for result, (_, prepare_s), st, gen in zip(results, prepared, stats, gens):
+            timings = Timings(image_prepare_s=prepare_s, image_encode_s=st.image_encode_s,
+                              prompt_s=st.prompt_s, prompt_tokens=st.prompt_tokens,
+                              image_tokens=st.image_tokens, prefix_reused=st.prefix_reused)
+            result.guesses.append(_guess(gen, timings))
+            result.cancelled = gen.finish == "cancelled"
+        return results
 
     def _prepare(self, image):
         from PIL import Image
@@ -446,6 +523,14 @@ def _image_token_limits(budget: ImageBudget) -> tuple[int, int]:
         per_token = budget.factor * budget.factor
         return max(1, budget.min_pixels // per_token), max(1, budget.max_pixels // per_token)
     return -1, -1  # Gemma 3: a fixed square, a fixed 256 tokens; mtmd's own values apply
+
+
+def _guess(gen, timings: Timings) -> Guess:
+    timings.generate_s = gen.generate_s
+    timings.generated_tokens = gen.generated_tokens
+    timings.forced_tokens = gen.forced_tokens
+    timings.tokens_per_s = gen.generated_tokens / gen.generate_s if gen.generate_s > 0 else 0.0
+    return Guess(gen.text, protocol.parse_output(gen.text), timings, gen.finish)
 
 
 def _label(image) -> str:

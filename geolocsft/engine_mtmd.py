@@ -21,7 +21,7 @@ import collections
 import ctypes
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NATIVE_LOG = logging.getLogger("geolocsft.engine.native")
 # Silent unless the application configures logging (no "last resort" printing to stderr).
@@ -162,14 +162,51 @@ class Generation:
     generate_s: float
     finish: str  # "stop", "length", "cancelled"
     grammar_slow_steps: int = 0  # steps where the grammar had to scan the whole vocabulary
+    forced_tokens: int = 0  # tokens taken from a grammar draft (batched, not decoded one by one)
+    tokens: list[int] = field(default_factory=list)
+
+
+# The longest grammar draft appended in one step (a JSON key run is ~10 tokens).
+MAX_DRAFT_TOKENS = 48
+
+
+@dataclass
+class _Sequence:
+    """One photo's place in the KV cache. Sequence 0 also holds the instruction prefix, which
+    other sequences share (copied cells, not recomputed)."""
+
+    seq_id: int
+    prompt_end: int = 0  # position of the last prompt token
+    last_prompt_token: int = -1  # decoded with the first generation step, so its logits are fresh
+    prompt_cells: int = 0  # KV cells of the prompt without that last token
+
+
+@dataclass
+class _Stream:
+    """A sequence being generated: its sampler, tokens waiting to be decoded, text so far."""
+
+    seq: _Sequence
+    sampler: object
+    index: int  # which of the generate_many sequences (for on_piece)
+    pending: list[int]
+    pos: int
+    cells: int
+    replay: list[int] | None
+    decoder: object
+    pieces: list[str] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    forced: int = 0
+    finish: str | None = None
+    first: int = 0  # index of its first token in the current batch
 
 
 class MtmdModel:
-    """A text model and its projector loaded once, evaluating one photo at a time."""
+    """A text model and its projector loaded once. Photos are evaluated in sequences of one
+    KV cache: one at a time (`n_seq=1`), or several decoded together (`n_seq>1`, throughput)."""
 
     def __init__(self, gguf: str, mmproj: str, *, family: str, n_ctx: int, n_threads,
                  n_batch: int, n_gpu_layers: int, seed: int, image_min_tokens: int,
-                 image_max_tokens: int, swa_full: bool):
+                 image_max_tokens: int, swa_full: bool, n_seq: int = 1):
         import llama_cpp
         import llama_cpp.mtmd_cpp as mtmd_cpp
 
@@ -178,6 +215,8 @@ class MtmdModel:
         self.family = family
         self.mtmd_ctx = None
         self.llama = None
+        self.n_seq = max(1, int(n_seq))
+        self.seq_ctx = int(n_ctx)  # KV cells each sequence may use
         LOG_ROUTER.recent_errors.clear()
         try:
             self.llama = llama_cpp.Llama(
@@ -185,9 +224,12 @@ class MtmdModel:
                 n_batch=n_batch, n_ubatch=n_batch, n_gpu_layers=n_gpu_layers, seed=seed,
                 swa_full=swa_full, verbose=False,
             )
+            if self.n_seq > 1:
+                self._multi_sequence_context()
         except Exception as exc:
             raise NativeError(LOG_ROUTER.last_error() or str(exc)) from None
         self.vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
+        self.n_vocab = self.llama.n_vocab()
 
         params = mtmd_cpp.mtmd_context_params_default()
         params.use_gpu = n_gpu_layers != 0
@@ -213,11 +255,24 @@ class MtmdModel:
             raise NativeError("the projector has no vision encoder")
         self.marker = mtmd_cpp.mtmd_default_marker().decode("utf-8")
         self.bos_text, self.eos_text = self.bos_eos()
-        self._prefix: list[int] | None = None  # instruction tokens whose KV state is kept
-        self._prompt_end = 0  # position after the last prompt token of the current photo
-        # KV cells the prompt fills: its true token count. With M-RoPE an image takes fewer
-        # positions than cells, so positions cannot tell when the context is full.
-        self._prompt_cells = 0
+        self._prefix: list[int] | None = None  # instruction tokens whose KV state seq 0 keeps
+        self._seqs: dict[int, _Sequence] = {}
+        self._probe = None  # single-character tokens for grammar drafts (built on first use)
+
+    def _multi_sequence_context(self):
+        """Replace the context with one holding n_seq sequences in one unified KV cache, so the
+        sequences share the instruction prefix's cells and decode in one batch."""
+        from llama_cpp import _internals
+
+        llama = self.llama
+        params = llama.context_params
+        params.n_seq_max = self.n_seq
+        params.kv_unified = True
+        params.n_ctx = self.seq_ctx * self.n_seq
+        new_ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+        old, llama._ctx = llama._ctx, new_ctx
+        old.close()
+        llama._stack.callback(new_ctx.close)
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -244,13 +299,52 @@ class MtmdModel:
             raise NativeError(LOG_ROUTER.last_error() or "llama.cpp rejected the grammar")
         llama_cpp.llama_sampler_free(sampler)
 
+    def tokenize(self, text: str) -> list[int]:
+        """Plain text to tokens, no BOS, special markers not parsed (grammar drafts, replay)."""
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    # -- the KV cache ------------------------------------------------------------------------
+
+    def _memory(self):
+        return self._llama_cpp.llama_get_memory(self.llama.ctx)
+
+    def _seq_rm(self, seq_id: int, p0: int, p1: int = -1):
+        self._llama_cpp.llama_memory_seq_rm(self._memory(), seq_id, p0, p1)
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]):
+        """Decode (token, position, sequence, wants logits) entries in one llama_decode call
+        (the caller keeps them within n_batch)."""
+        llama = self.llama
+        batch = llama._batch.batch
+        for i, (token, pos, seq_id, logits) in enumerate(entries):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.seq_id[i][0] = seq_id
+            batch.n_seq_id[i] = 1
+            batch.logits[i] = logits
+        batch.n_tokens = len(entries)
+        code = self._llama_cpp.llama_decode(llama.ctx, batch)
+        if code != 0:
+            raise NativeError(LOG_ROUTER.last_error() or f"llama_decode failed (code {code})")
+
+    def _decode_text(self, tokens: list[int], seq_id: int, pos: int) -> int:
+        """Prefill text tokens of one sequence from `pos`, in n_batch chunks; returns the next
+        position."""
+        step = self.llama.n_batch
+        for i in range(0, len(tokens), step):
+            chunk = tokens[i:i + step]
+            self._decode([(t, pos + j, seq_id, False) for j, t in enumerate(chunk)])
+            pos += len(chunk)
+        return pos
+
     # -- prompt ------------------------------------------------------------------------------
 
     def evaluate_prompt(self, prompt_text: str, rgb_image, *, reuse_prefix: bool,
-                        cancel=None) -> PromptStats | None:
-        """Tokenize the prompt with the image and bring the KV cache to the end of it.
-        Returns None if cancelled on the way."""
-        llama, llama_cpp, mtmd = self.llama, self._llama_cpp, self._mtmd
+                        cancel=None, seq_id: int = 0) -> PromptStats | None:
+        """Tokenize the prompt with the image and fill sequence `seq_id` of the KV cache up to
+        (not including) the last prompt token. Returns None if cancelled on the way. Sequence 0
+        keeps the instruction prefix between photos; other sequences copy its cells."""
+        mtmd, llama_cpp = self._mtmd, self._llama_cpp
         stats = PromptStats()
         width, height = rgb_image.size
         pixels = rgb_image.tobytes()
@@ -288,33 +382,26 @@ class MtmdModel:
 
             n_total = sum(len(payload) if kind == "text" else mtmd.mtmd_input_chunk_get_n_tokens(payload)
                           for kind, payload in parts)
-            if n_total + 1 > llama.n_ctx():
+            if n_total + 1 > self.seq_ctx:
                 raise NativeError(
-                    f"the prompt needs {n_total} tokens but the context holds {llama.n_ctx()}: "
+                    f"the prompt needs {n_total} tokens but the context holds {self.seq_ctx}: "
                     f"raise n_ctx or lower image_max_tokens"
                 )
 
             t0 = time.perf_counter()
             prefix = parts[0][1]
-            if reuse_prefix and self._prefix_is_cached(prefix):
-                llama._ctx.kv_cache_seq_rm(0, len(prefix), -1)
-                llama.n_tokens = len(prefix)
-                stats.prefix_reused = True
-            else:
-                self._prefix = None
-                llama.reset()
-                llama._ctx.kv_cache_clear()
-                llama.eval(prefix)
-                self._prefix = list(prefix) if reuse_prefix else None
+            stats.prefix_reused = self._place_prefix(prefix, seq_id, reuse_prefix)
             stats.prompt_s += time.perf_counter() - t0
             stats.prompt_tokens += len(prefix)
-
-            for kind, payload in parts[1:]:
+            pos = len(prefix)
+            last_part = len(parts) - 1
+            for index, (kind, payload) in enumerate(parts[1:], start=1):
                 if cancel is not None and cancel.is_set():
                     return None
                 if kind == "text":
+                    tokens = payload[:-1] if index == last_part else payload
                     t0 = time.perf_counter()
-                    llama.eval(payload)
+                    pos = self._decode_text(tokens, seq_id, pos)
                     stats.prompt_s += time.perf_counter() - t0
                     stats.prompt_tokens += len(payload)
                     continue
@@ -326,98 +413,195 @@ class MtmdModel:
                 embd = mtmd.mtmd_get_output_embd(self.mtmd_ctx)
                 new_n_past = llama_cpp.llama_pos(0)
                 result = mtmd.mtmd_helper_decode_image_chunk(
-                    self.mtmd_ctx, llama.ctx, payload, embd, llama_cpp.llama_pos(llama.n_tokens),
-                    llama_cpp.llama_seq_id(0), llama.n_batch, ctypes.byref(new_n_past),
+                    self.mtmd_ctx, self.llama.ctx, payload, embd, llama_cpp.llama_pos(pos),
+                    llama_cpp.llama_seq_id(seq_id), self.llama.n_batch, ctypes.byref(new_n_past),
                     mtmd.mtmd_helper_post_decode_callback(), None,  # no callback (NULL)
                 )
                 if result != 0:
                     raise NativeError(LOG_ROUTER.last_error() or "the model could not take the image")
                 t2 = time.perf_counter()
-                # llama-cpp-python counts positions in n_tokens; with M-RoPE an image takes fewer
-                # positions than tokens, which is why the true count is kept separately.
-                llama.n_tokens = new_n_past.value
+                # With M-RoPE an image takes fewer positions than tokens; cells are counted apart.
+                pos = new_n_past.value
                 stats.image_encode_s += t1 - t0
                 stats.prompt_s += t2 - t1
                 stats.image_tokens += n_image
                 stats.prompt_tokens += n_image
-            self._prompt_end = llama.n_tokens
-            self._prompt_cells = stats.prompt_tokens
+            self._seqs[seq_id] = _Sequence(seq_id, prompt_end=pos, last_prompt_token=parts[-1][1][-1],
+                                           prompt_cells=stats.prompt_tokens - 1)
             return stats
         finally:
             if chunks is not None:
                 mtmd.mtmd_input_chunks_free(chunks)
             mtmd.mtmd_bitmap_free(bitmap)
 
-    def _prefix_is_cached(self, prefix: list[int]) -> bool:
-        if self._prefix is None or self._prefix != list(prefix):
-            return False
-        llama = self.llama
-        if llama.n_tokens < len(prefix) or list(llama.input_ids[: len(prefix)]) != self._prefix:
-            return False
-        # A sliding-window cache may have dropped early positions; then the prefix is gone.
-        memory = self._llama_cpp.llama_get_memory(llama.ctx)
-        return self._llama_cpp.llama_memory_seq_pos_min(memory, 0) == 0
+    def _place_prefix(self, prefix: list[int], seq_id: int, reuse: bool) -> bool:
+        """Bring sequence `seq_id` to the end of the instruction prefix; True if it came from
+        the cache. The prefix lives in sequence 0; others copy its cells."""
+        llama_cpp, memory = self._llama_cpp, self._memory()
+        cached = reuse and self._prefix is not None and self._prefix == list(prefix)
+        if cached:
+            # A sliding-window cache may have dropped early positions; then the prefix is gone.
+            cached = (llama_cpp.llama_memory_seq_pos_min(memory, 0) == 0
+                      and llama_cpp.llama_memory_seq_pos_max(memory, 0) >= len(prefix) - 1)
+        if seq_id == 0 or not cached:
+            if not cached:
+                if seq_id != 0 and 0 in self._seqs:
+                    raise NativeError("the instruction prefix is not cached for a parallel sequence")
+                llama_cpp.llama_memory_clear(memory, True)
+                self._seqs.clear()
+                self._decode_text(list(prefix), 0, 0)
+                self._prefix = list(prefix) if reuse else None
+            else:
+                self._seq_rm(0, len(prefix), -1)
+        if seq_id != 0:
+            self._seq_rm(seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(memory, 0, seq_id, 0, len(prefix))
+        return cached
 
-    def rewind_to_prompt_end(self) -> float:
-        """Drop the generated tokens and recompute the last prompt token's logits, so another
-        guess can be sampled from the same prompt without re-encoding the image."""
-        llama = self.llama
-        t0 = time.perf_counter()
-        last = int(llama.input_ids[self._prompt_end - 1])
-        llama._ctx.kv_cache_seq_rm(0, self._prompt_end - 1, -1)
-        llama.n_tokens = self._prompt_end - 1
-        llama.eval([last])
-        return time.perf_counter() - t0
+    def release(self, seq_id: int):
+        """Forget a finished parallel sequence (sequence 0 keeps the prefix)."""
+        if seq_id != 0:
+            self._seq_rm(seq_id, -1, -1)
+        self._seqs.pop(seq_id, None)
 
     # -- generation --------------------------------------------------------------------------
 
     def generate(self, *, max_tokens: int, temperature: float, seed: int,
-                 grammar: str | None, on_piece=None, cancel=None) -> Generation:
-        """Sample up to max_tokens after the prompt, streaming decoded text pieces."""
+                 grammar: str | None, on_piece=None, cancel=None, seq_id: int = 0,
+                 jump_forward: bool = True, replay: list[int] | None = None) -> Generation:
+        """Sample up to max_tokens after the prompt of sequence `seq_id`, streaming decoded
+        text pieces. Called again, it starts over from the prompt (another guess)."""
+        piece_cb = (lambda _i, piece: on_piece(piece)) if on_piece is not None else None
+        return self.generate_many([seq_id], max_tokens=max_tokens, temperature=temperature,
+                                  seeds=[seed], grammar=grammar, on_piece=piece_cb,
+                                  cancel=cancel, jump_forward=jump_forward,
+                                  replays=[replay] if replay is not None else None)[0]
+
+    def generate_many(self, seq_ids: list[int], *, max_tokens: int, temperature: float,
+                      seeds: list[int], grammar: str | None, on_piece=None, cancel=None,
+                      jump_forward: bool = True, replays=None) -> list[Generation]:
+        """Generate for several prepared sequences at once: each step decodes one token of
+        every unfinished sequence in one batch (decode is memory-bound, so a step of several
+        costs little more than one). With `jump_forward` and a grammar, a run of text the
+        grammar forces is drafted and decoded in the same batch, then checked: the model's own
+        choice at each drafted position must equal the draft, else the rest is dropped. So the
+        tokens are the ones plain one-by-one decoding picks (verified on tiny models in tests).
+        on_piece(i, piece) streams sequence i's text. `replays` (benchmarks only): per sequence
+        the tokens to take instead of the sampled ones, so random weights can time a real
+        caption's decode."""
         from geolocsft.engine_sampling import Sampler
 
-        llama, llama_cpp = self.llama, self._llama_cpp
+        streams: list[_Stream] = []
         try:
-            sampler = Sampler(self.vocab, llama.n_vocab(), temperature=temperature, seed=seed,
-                              grammar=grammar, top_k=SAMPLING_TOP_K, top_p=SAMPLING_TOP_P,
-                              min_p=SAMPLING_MIN_P)
-        except ValueError as exc:
-            raise NativeError(LOG_ROUTER.last_error() or str(exc)) from None
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pieces: list[str] = []
-        n_generated, finish = 0, "length"
-        room = llama.n_ctx() - self._prompt_cells  # KV cells left for the answer
-        t0 = time.perf_counter()
-        try:
-            while n_generated < max_tokens:
-                if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
-                    break
-                token = sampler.sample(llama.ctx)
-                if llama_cpp.llama_vocab_is_eog(self.vocab, token):
-                    finish = "stop"
-                    break
-                n_generated += 1
-                piece = decoder.decode(llama.detokenize([token]))
-                if piece:
-                    pieces.append(piece)
-                    if on_piece is not None:
-                        on_piece(piece)
-                if n_generated >= max_tokens or n_generated >= room:
-                    break
+            for i, seq_id in enumerate(seq_ids):
+                seq = self._seqs[seq_id]
+                self._seq_rm(seq_id, seq.prompt_end, -1)  # a previous guess, if any
                 try:
-                    llama.eval([token])
-                except RuntimeError as exc:  # llama_decode failed (e.g. out of memory)
+                    sampler = Sampler(self.vocab, self.n_vocab, temperature=temperature,
+                                      seed=seeds[i], grammar=grammar, top_k=SAMPLING_TOP_K,
+                                      top_p=SAMPLING_TOP_P, min_p=SAMPLING_MIN_P)
+                except ValueError as exc:
                     raise NativeError(LOG_ROUTER.last_error() or str(exc)) from None
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                pieces.append(tail)
-                if on_piece is not None:
-                    on_piece(tail)
+                streams.append(_Stream(
+                    seq=seq, sampler=sampler, index=i, pending=[seq.last_prompt_token],
+                    pos=seq.prompt_end, cells=seq.prompt_cells,
+                    replay=replays[i] if replays else None,
+                    decoder=codecs.getincrementaldecoder("utf-8")(errors="replace")))
+            t0 = time.perf_counter()
+            self._run(streams, max_tokens, jump_forward and grammar is not None, on_piece, cancel)
+            elapsed = time.perf_counter() - t0
+            out = []
+            for st in streams:
+                tail = st.decoder.decode(b"", final=True)
+                if tail:
+                    st.pieces.append(tail)
+                    if on_piece is not None:
+                        on_piece(st.index, tail)
+                out.append(Generation("".join(st.pieces), len(st.tokens), elapsed,
+                                      st.finish or "length", st.sampler.slow_steps, st.forced,
+                                      st.tokens))
+            return out
         finally:
-            sampler.free()
-        return Generation("".join(pieces), n_generated, time.perf_counter() - t0, finish,
-                          sampler.slow_steps)
+            for st in streams:
+                st.sampler.free()
+
+    def _run(self, streams: list[_Stream], max_tokens: int, jump_forward: bool, on_piece, cancel):
+        eog = self._llama_cpp.llama_vocab_is_eog
+        while True:
+            live = [st for st in streams if st.finish is None]
+            if not live:
+                return
+            if cancel is not None and cancel.is_set():
+                for st in live:
+                    st.finish = "cancelled"
+                return
+            entries = []
+            for st in live:
+                st.first = len(entries)
+                entries += [(t, st.pos + j, st.seq.seq_id, True) for j, t in enumerate(st.pending)]
+            self._decode(entries)
+            for st in live:
+                n_pending = len(st.pending)
+                st.cells += n_pending
+                for j in range(n_pending):
+                    want = (st.replay[len(st.tokens)] if st.replay is not None
+                            and len(st.tokens) < len(st.replay) else None)
+                    token = st.sampler.sample(self.llama.ctx, st.first + j, forced=want)
+                    drafted = j + 1 < n_pending
+                    if drafted and token == st.pending[j + 1]:
+                        st.forced += 1
+                        self._emit(st, token, on_piece)
+                        if len(st.tokens) >= max_tokens:
+                            st.finish = "length"
+                            break
+                        continue
+                    if drafted:  # the model parts from the draft here: drop the rest
+                        self._seq_rm(st.seq.seq_id, st.pos + j + 1, -1)
+                        st.cells -= n_pending - (j + 1)
+                    st.pos += j + 1
+                    if eog(self.vocab, token):
+                        st.finish = "stop"
+                        break
+                    self._emit(st, token, on_piece)
+                    room = self.seq_ctx - st.cells - 1
+                    if len(st.tokens) >= max_tokens or room <= 0:
+                        st.finish = "length"
+                        break
+                    draft = []
+                    if jump_forward:
+                        limit = min(MAX_DRAFT_TOKENS, max_tokens - len(st.tokens) - 1, room - 1,
+                                    self.llama.n_batch // max(1, len(streams)) - 1)
+                        if limit > 0:
+                            draft = self._draft(st.sampler, token)[:limit]
+                    st.pending = [token] + draft
+                    break
+
+    def _emit(self, st: _Stream, token: int, on_piece):
+        st.tokens.append(token)
+        piece = st.decoder.decode(self.llama.detokenize([token]))
+        if piece:
+            st.pieces.append(piece)
+            if on_piece is not None:
+                on_piece(st.index, piece)
+
+    def _draft(self, sampler, token: int) -> list[int]:
+        """Tokens for the text the grammar forces after `token` (already accepted by it)."""
+        if self._probe is None:
+            self._probe = self._single_char_tokens()
+        text = sampler.forced_text(*self._probe)
+        return self.tokenize(text) if text else []
+
+    def _single_char_tokens(self):
+        """(token ids, their characters, an end-of-generation token) for printable ASCII and
+        newline: the alphabet in which the grammar's forced text is probed."""
+        ids, chars = [], []
+        for code in [10] + list(range(32, 127)):
+            char = chr(code)
+            tokens = self.tokenize(char)
+            if len(tokens) == 1 and self.llama.detokenize(tokens) == char.encode():
+                ids.append(tokens[0])
+                chars.append(char)
+        return ids, chars, self.llama.token_eos()
 
     # -- lifetime ----------------------------------------------------------------------------
 

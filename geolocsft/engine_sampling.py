@@ -65,14 +65,51 @@ class Sampler:
             sorted=False)
         self.slow_steps = 0  # grammar applied to the whole vocabulary (for measurements)
 
-    def sample(self, ctx) -> int:
+    def sample(self, ctx, index: int = -1, *, forced: int | None = None) -> int:
+        """The next token from the logits of batch output `index`. `forced` (benchmark replay)
+        is taken instead of the sampled token, after the sampling work is done."""
         llama_cpp = self._llama_cpp
-        token = llama_cpp.llama_sampler_sample(self.chain, ctx, -1)
+        token = llama_cpp.llama_sampler_sample(self.chain, ctx, index)
+        if forced is not None:
+            if self.grammar is not None and not self._allowed(forced):
+                raise RuntimeError(f"replayed token {forced} is not allowed by the grammar here")
+            token = forced
+        elif self.grammar is not None and not self._allowed(token):
+            token = self._sample_under_grammar(ctx, index)
         if self.grammar is not None:
-            if not self._allowed(token):
-                token = self._sample_under_grammar(ctx)
             llama_cpp.llama_sampler_accept(self.grammar, token)
         return token
+
+    def forced_text(self, probe_ids, probe_chars, end_token: int, limit: int = 256) -> str:
+        """The text the grammar admits as the only continuation from here, probed one
+        character at a time over single-character tokens (`probe_ids`, `probe_chars`) on a
+        copy of the grammar state; stops where more than one character, or the end, is
+        allowed. Empty without a grammar."""
+        if self.grammar is None or not probe_ids:
+            return ""
+        import numpy as np
+
+        llama_cpp = self._llama_cpp
+        ids = np.array(list(probe_ids) + [end_token], dtype=np.int32)
+        cand = np.empty(len(ids), dtype=_token_data_dtype())
+        array = llama_cpp.llama_token_data_array(
+            data=cand.ctypes.data_as(llama_cpp.llama_token_data_p), size=len(ids),
+            selected=-1, sorted=False)
+        state = llama_cpp.llama_sampler_clone(self.grammar)
+        out: list[str] = []
+        try:
+            while len(out) < limit:
+                cand["id"], cand["logit"], cand["p"] = ids, 0.0, 0.0
+                array.size, array.selected, array.sorted = len(ids), -1, False
+                llama_cpp.llama_sampler_apply(state, ctypes.byref(array))
+                allowed = np.flatnonzero(~np.isneginf(cand["logit"]))
+                if len(allowed) != 1 or allowed[0] == len(ids) - 1:
+                    break
+                out.append(probe_chars[allowed[0]])
+                llama_cpp.llama_sampler_accept(state, int(ids[allowed[0]]))
+        finally:
+            llama_cpp.llama_sampler_free(state)
+        return "".join(out)
 
     def _allowed(self, token: int) -> bool:
         llama_cpp = self._llama_cpp
@@ -82,16 +119,16 @@ class Sampler:
         llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(self._one_array))
         return not math.isinf(self._one[0].logit)
 
-    def _logits(self, ctx):
+    def _logits(self, ctx, index: int):
         import numpy as np
 
-        ptr = self._llama_cpp.llama_get_logits_ith(ctx, -1)
+        ptr = self._llama_cpp.llama_get_logits_ith(ctx, index)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
-    def _sample_under_grammar(self, ctx) -> int:
+    def _sample_under_grammar(self, ctx, index: int) -> int:
         import numpy as np
 
-        logits = self._logits(ctx)
+        logits = self._logits(ctx, index)
         # The grammar applied to the best candidates only (one C call, cost ~ their number):
         # the answer is exact for greedy as soon as one of them is allowed, and for sampling it
         # differs only in tokens too unlikely for top-k/min-p to keep anyway.

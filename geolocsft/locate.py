@@ -198,6 +198,32 @@ class LocateRunner:
         start = time.perf_counter()
         known_done = self._known_done(items)
         compute_s = 0.0
+        group: list[_Prepared] = []
+
+        def run_group() -> bool:
+            """Decode the held group; False when cancelled."""
+            nonlocal compute_s
+            began = time.perf_counter()
+            outcomes = self._compute_group(group)
+            group.clear()
+            compute_s += time.perf_counter() - began
+            for outcome in outcomes:
+                if outcome.action == "cancelled":
+                    summary.outcomes.append(outcome)
+                    summary.cancelled = True
+                    self._notify(outcome)
+                    return False
+                summary.outcomes.append(outcome)
+                progress.processed += 1
+                progress.computed += outcome.action == "computed"
+                progress.errors += outcome.action == "error"
+                self._notify(outcome)
+            if progress.computed:
+                progress.s_per_photo = compute_s / progress.computed
+                left = max(0, progress.total - progress.processed - len(known_done))
+                progress.eta_s = progress.s_per_photo * left
+            return True
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geolocsft-prepare") as pool:
             pending: Future | None = pool.submit(self._prepare, items[0]) if items else None
             for index, item in enumerate(items):
@@ -220,6 +246,15 @@ class LocateRunner:
                 elif prepared.error:
                     outcome = self._record_error(prepared, prepared.error)
                     progress.errors += 1
+                elif self._batch_size() > 1:
+                    # Throughput mode: hold photos until a group is full (or the run ends),
+                    # then decode them together; their outcomes follow as one step.
+                    group.append(prepared)
+                    if len(group) < self._batch_size() and pending is not None:
+                        continue
+                    if not run_group():
+                        break
+                    continue
                 else:
                     began = time.perf_counter()
                     outcome = self._compute(prepared)
@@ -240,6 +275,8 @@ class LocateRunner:
                     left = max(0, progress.total - progress.processed - len(known_done))
                     progress.eta_s = progress.s_per_photo * left
                 self._notify(outcome)
+            if group and not summary.cancelled and not self.cancel.is_set():
+                run_group()  # the last photos, held while skipped or failed ones went by
             if pending is not None:
                 pending.cancel()
         progress.current = None
@@ -301,6 +338,31 @@ class LocateRunner:
         if located.cancelled:
             return PhotoOutcome(item, "cancelled", None, "cancelled")
         return PhotoOutcome(item, "computed", self._store_located(prepared, located))
+
+    def _batch_size(self) -> int:
+        """Photos decoded together: the engine's `parallel` (throughput mode), one guess each."""
+        return getattr(self.engine, "parallel", 1) if self.samples == 1 else 1
+
+    def _compute_group(self, group: list[_Prepared]) -> list[PhotoOutcome]:
+        on_token = None
+        if self.on_token:
+            on_token = lambda i, piece: self.on_token(group[i].item, piece)  # noqa: E731
+        try:
+            located = self.engine.locate_many([p.image for p in group], on_token=on_token,
+                                              cancel=self.cancel, temperature=self.temperature)
+        except Exception:  # one photo failed the group: find it, one at a time
+            return [self._compute(prepared) for prepared in group]
+        finally:
+            for prepared in group:
+                prepared.image = None
+        outcomes = []
+        for prepared, result in zip(group, located):
+            if result.cancelled:
+                outcomes.append(PhotoOutcome(prepared.item, "cancelled", None, "cancelled"))
+            else:
+                outcomes.append(PhotoOutcome(prepared.item, "computed",
+                                             self._store_located(prepared, result)))
+        return outcomes
 
     def _store_located(self, prepared: _Prepared, located) -> PhotoResult:
         result = self._base_result(prepared)

@@ -17,6 +17,24 @@ DEFAULT_SAMPLED_TEMPERATURE = 0.7  # with --samples K > 1 and no --temperature
 EXPORT_FOLDER = "geolocsft-results"
 
 
+def add_speed_options(group) -> None:
+    """Engine options that change speed, never the greedy answer (docs/performance.md)."""
+    group.add_argument("--parallel", type=int, default=None, metavar="N",
+                       help="throughput mode: decode N photos together in one context "
+                            "(default 1; try 2-4 for folders; one guess per photo)")
+    group.add_argument("--gpu-layers", type=int, default=None, metavar="N",
+                       help="layers offloaded to the GPU when llama.cpp was built with CUDA or "
+                            "Metal (default all; 0 = CPU only)")
+    group.add_argument("--jump-forward", action=argparse.BooleanOptionalAction, default=None,
+                       help="decode text the answer grammar forces as one verified batch "
+                            "(default on)")
+
+
+def speed_kwargs(args) -> dict:
+    return {"parallel": args.parallel, "n_gpu_layers": args.gpu_layers,
+            "jump_forward": args.jump_forward}
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "locate",
@@ -41,6 +59,7 @@ def register(subparsers) -> None:
     run.add_argument("--grammar", action=argparse.BooleanOptionalAction, default=None,
                      help="constrain output with a grammar so the answer always parses "
                      "(default: the engine's)")
+    add_speed_options(run)
     out = p.add_argument_group("output")
     out.add_argument("--store", metavar="FILE", help="results store (default: the user data "
                      "folder's geolocsft/results.sqlite)")
@@ -202,7 +221,7 @@ def handle(args) -> int:
 
     engine_kwargs = {k: v for k, v in {
         "n_threads": args.threads, "n_ctx": args.ctx, "max_tokens": args.max_tokens,
-        "grammar": args.grammar,
+        "grammar": args.grammar, **speed_kwargs(args),
     }.items() if v is not None}
     try:
         engine = Engine(spec, **engine_kwargs)

@@ -29,6 +29,18 @@ MICRO_KEYS = ("road", "infrastructure", "vegetation", "buildings", "vehicles", "
 ELIMINATED_KEYS = ("region", "why")
 ANALYSIS_KEYS = ("regional_25km", "micro_1km", "eliminated", "conclusion")
 ELIMINATED_MIN, ELIMINATED_MAX = 1, 5
+# gls-c1 (the fast preset's compact caption): the same method in about half the tokens, one
+# phrase per scale instead of one per cue.
+COMPACT_KEYS = ("context_25km", "cues_1km", "eliminated", "conclusion")
+
+# Each version's analysis: (key, shape) in order; a shape is "text", "eliminated", or the keys
+# of an object of texts.
+SCHEMAS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "gls-v1": (("regional_25km", REGIONAL_KEYS), ("micro_1km", MICRO_KEYS),
+               ("eliminated", "eliminated"), ("conclusion", "text")),
+    "gls-c1": (("context_25km", "text"), ("cues_1km", "text"), ("eliminated", "eliminated"),
+               ("conclusion", "text")),
+}
 # A target is generated on a laptop: a value longer than this is a sign of a rambling caption.
 # The grammar enforces the same cap, so constrained decoding always reaches the answer.
 MAX_VALUE_CHARS = 200
@@ -72,10 +84,35 @@ latitude -90 to 90 (north positive) and longitude -180 to 180 (east positive) in
 degrees with up to 4 decimals; region is the state, province or area; country is the English \
 country name; confidence is your probability (0 to 1) that the answer is within 25 km."""
 
+_SYSTEM_C1 = """\
+You are an expert in visual geolocation. From one photo, infer where on Earth it was taken.
+
+Method: 1. the regional context (~25 km): terrain, climate, development; 2. the decisive \
+micro-features (~1 km): road, infrastructure, vegetation, buildings, vehicles, soil; 3. name \
+1-3 similar-looking regions and the cue that rules each out; 4. conclude and commit to one \
+best coordinate even when unsure.
+
+Reply with exactly two lines and nothing else.
+Line 1, one compact JSON object:
+{"context_25km":"","cues_1km":"","eliminated":[{"region":"","why":""}],"conclusion":""}
+Line 2:
+<answer>{"latitude":0.0,"longitude":0.0,"region":"","country":"","confidence":0.0}</answer>
+
+Rules: context_25km and cues_1km are one phrase each (under 15 words) naming only what is \
+visible; the other values under 10 words; latitude -90 to 90 (north positive) and longitude \
+-180 to 180 (east positive) in decimal degrees with up to 4 decimals; region is the state, \
+province or area; country is the English country name; confidence is your probability (0 to \
+1) that the answer is within 25 km."""
+
 PROMPTS: dict[str, Prompt] = {
     "gls-v1": Prompt(
         version="gls-v1",
         system=_SYSTEM_V1,
+        question="Where was this photo taken?",
+    ),
+    "gls-c1": Prompt(
+        version="gls-c1",
+        system=_SYSTEM_C1,
         question="Where was this photo taken?",
     ),
 }
@@ -145,14 +182,16 @@ class Answer:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-def validate_analysis(analysis: Any) -> list[str]:
-    """Problems with an analysis dict against the schema, in words; empty when it is valid.
-    The trainer uses this to reject teacher captions before they become training targets."""
+def validate_analysis(analysis: Any, version: str = PROMPT_VERSION) -> list[str]:
+    """Problems with an analysis dict against `version`'s schema, in words; empty when it is
+    valid. The trainer uses this to reject teacher captions before they become targets."""
+    schema = SCHEMAS[get_prompt(version).version]
+    keys = tuple(key for key, _ in schema)
     if not isinstance(analysis, dict):
         return [f"analysis must be a JSON object, got {type(analysis).__name__}"]
     problems = []
-    missing = [k for k in ANALYSIS_KEYS if k not in analysis]
-    extra = [k for k in analysis if k not in ANALYSIS_KEYS]
+    missing = [k for k in keys if k not in analysis]
+    extra = [k for k in analysis if k not in keys]
     if missing:
         problems.append(f"missing keys: {', '.join(missing)}")
     if extra:
@@ -168,39 +207,41 @@ def validate_analysis(analysis: Any) -> list[str]:
         elif "<answer" in value.lower() or "</answer" in value.lower():
             problems.append(f"{where} contains an answer tag")
 
-    for key, subkeys in (("regional_25km", REGIONAL_KEYS), ("micro_1km", MICRO_KEYS)):
+    for key, shape in schema:
         if key not in analysis:
             continue
-        section = analysis[key]
-        if not isinstance(section, dict):
+        value = analysis[key]
+        if shape == "text":
+            check_text(key, value)
+        elif shape == "eliminated":
+            _check_eliminated(value, problems, check_text)
+        elif not isinstance(value, dict):
             problems.append(f"{key} must be an object")
-            continue
-        for sub in subkeys:
-            if sub not in section:
-                problems.append(f"{key}.{sub} is missing")
-            else:
-                check_text(f"{key}.{sub}", section[sub])
-        for sub in section:
-            if sub not in subkeys:
-                problems.append(f"{key}.{sub} is not in the schema")
-
-    if "eliminated" in analysis:
-        items = analysis["eliminated"]
-        if not isinstance(items, list):
-            problems.append("eliminated must be a list")
-        elif not ELIMINATED_MIN <= len(items) <= ELIMINATED_MAX:
-            problems.append(
-                f"eliminated has {len(items)} entries (expected {ELIMINATED_MIN}-{ELIMINATED_MAX})")
         else:
-            for i, item in enumerate(items):
-                if not isinstance(item, dict) or set(item) != set(ELIMINATED_KEYS):
-                    problems.append(f"eliminated[{i}] must be an object with keys region, why")
-                    continue
-                for sub in ELIMINATED_KEYS:
-                    check_text(f"eliminated[{i}].{sub}", item[sub])
-    if "conclusion" in analysis:
-        check_text("conclusion", analysis["conclusion"])
+            for sub in shape:
+                if sub not in value:
+                    problems.append(f"{key}.{sub} is missing")
+                else:
+                    check_text(f"{key}.{sub}", value[sub])
+            for sub in value:
+                if sub not in shape:
+                    problems.append(f"{key}.{sub} is not in the schema")
     return problems
+
+
+def _check_eliminated(items: Any, problems: list[str], check_text) -> None:
+    if not isinstance(items, list):
+        problems.append("eliminated must be a list")
+    elif not ELIMINATED_MIN <= len(items) <= ELIMINATED_MAX:
+        problems.append(
+            f"eliminated has {len(items)} entries (expected {ELIMINATED_MIN}-{ELIMINATED_MAX})")
+    else:
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or set(item) != set(ELIMINATED_KEYS):
+                problems.append(f"eliminated[{i}] must be an object with keys region, why")
+                continue
+            for sub in ELIMINATED_KEYS:
+                check_text(f"eliminated[{i}].{sub}", item[sub])
 
 
 def format_target(analysis: dict, answer: Answer) -> str:
@@ -235,18 +276,26 @@ def answer_grammar(version: str = PROMPT_VERSION, max_value_chars: int = MAX_VAL
     Out-of-range coordinates cannot be generated under it; `format_target` output is admitted.
     String values are capped at `max_value_chars`, so a rambling model must close them and
     reach the answer within its token budget."""
-    get_prompt(version)  # unknown versions fail with the list of known ones
+    schema = SCHEMAS[get_prompt(version).version]  # unknown versions fail with the known ones
 
     def obj(keys: tuple[str, ...]) -> str:
         parts = [f'"\\"{k}\\":" str' for k in keys]
         return '"{" ' + ' "," '.join(parts) + ' "}"'
 
+    fields, sections = [], []
+    for key, shape in schema:
+        if shape == "text":
+            fields.append(f'"\\"{key}\\":" str')
+        elif shape == "eliminated":
+            fields.append('"\\"eliminated\\":" eliminated')
+        else:
+            rule = key.replace("_", "-")
+            fields.append(f'"\\"{key}\\":" {rule}')
+            sections.append(f"{rule} ::= {obj(shape)}")
     rules = [
         'root ::= analysis "\\n" "<answer>" answer "</answer>"',
-        'analysis ::= "{" "\\"regional_25km\\":" regional "," "\\"micro_1km\\":" micro '
-        '"," "\\"eliminated\\":" eliminated "," "\\"conclusion\\":" str "}"',
-        f"regional ::= {obj(REGIONAL_KEYS)}",
-        f"micro ::= {obj(MICRO_KEYS)}",
+        'analysis ::= "{" ' + ' "," '.join(fields) + ' "}"',
+        *sections,
         f"elim ::= {obj(ELIMINATED_KEYS)}",
         f'eliminated ::= "[" elim ( "," elim ){{{ELIMINATED_MIN - 1},{ELIMINATED_MAX - 1}}} "]"',
         'answer ::= "{\\"latitude\\":" lat ",\\"longitude\\":" lon ",\\"region\\":" str '

@@ -171,3 +171,26 @@ def test_bench_command_on_the_trained_model_gives_known_answers(qwen_build, tmp_
     capsys.readouterr()
     assert cli.main(["bench", "score", str(out / "predictions.csv"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["acc"] == report["scores"]["acc"]
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "gemma3"])
+def test_fast_decoding_gives_the_same_answers(builds, family):
+    """Grammar jump-forward and throughput mode (photos decoded together) on the trained
+    models: the same greedy text, token for token, as plain one-token-at-a-time decoding."""
+    from geolocsft.engine import Engine, ModelSpec
+
+    built = builds(family)
+    spec = ModelSpec.from_folder(built.model("Q8_0"))
+    photos = sorted((built.heldout / "images").glob("*.jpg"))[:8]
+    with Engine(spec, jump_forward=False) as engine:
+        plain = [engine.locate(p).guesses[0] for p in photos]
+    with Engine(spec, jump_forward=True, parallel=4) as engine:
+        drafted = [engine.locate(p).guesses[0] for p in photos]
+        together = [r.guesses[0] for r in engine.locate_many(photos)]
+    want = [(g.text, g.timings.generated_tokens) for g in plain]
+    assert [(g.text, g.timings.generated_tokens) for g in drafted] == want
+    assert [(g.text, g.timings.generated_tokens) for g in together] == want
+    forced = sum(g.timings.forced_tokens for g in drafted)
+    total = sum(g.timings.generated_tokens for g in drafted)
+    print(f"\ne2e fast decoding {family}: forced {forced}/{total} tokens")
+    assert forced >= 0.2 * total

@@ -190,7 +190,7 @@ def train_sentencepiece() -> bytes:
     return model.getvalue()
 
 
-def build_tokenizer(tokenizer_model: Path):
+def build_tokenizer(tokenizer_model: Path, expected_ids: dict[str, int] | None = None):
     """A transformers GemmaTokenizer from a tokenizer.model, with Gemma 3's image tokens."""
     import tempfile
 
@@ -213,10 +213,11 @@ def build_tokenizer(tokenizer_model: Path):
         [AddedToken(t, special=True, normalized=False) for t in ("<start_of_turn>", "<end_of_turn>")],
         special_tokens=True,
     )
-    for text, want in {**TINY_TOKEN_IDS, IMAGE_TOKEN: TINY_SP_VOCAB}.items():
+    expected = expected_ids or {**TINY_TOKEN_IDS, IMAGE_TOKEN: TINY_SP_VOCAB}
+    for text, want in expected.items():
         got = tokenizer.convert_tokens_to_ids(text)
         if got != want:
-            raise RuntimeError(f"tiny Gemma tokenizer: {text} has id {got}, expected {want}")
+            raise RuntimeError(f"Gemma tokenizer: {text} has id {got}, expected {want}")
     return tokenizer
 
 
@@ -249,12 +250,12 @@ def tiny_config():
     )
 
 
-def _image_processor():
+def _image_processor(side: int = TINY_IMAGE_SIDE):
     from transformers.models.gemma3.image_processing_gemma3 import Gemma3ImageProcessor
 
     # Real Gemma 3: bilinear squash to a fixed square, scaled to [-1, 1], no pan-and-scan.
     return Gemma3ImageProcessor(
-        size={"height": TINY_IMAGE_SIDE, "width": TINY_IMAGE_SIDE},
+        size={"height": side, "width": side},
         resample=2,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
@@ -307,6 +308,63 @@ def make_tiny(out_dir: Path) -> Path:
         # llama.cpp's converter needs it for Gemma's SentencePiece vocabulary.
         shutil.copyfile(sp_path, out_dir / "tokenizer.model")
     return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Full-size skeleton (convert/skeleton.py)
+
+# Ids of the markers in the released 262,144-piece tokenizer.model (the embedding has 262,208
+# rows; <image_soft_token> is added after the SentencePiece pieces, at 262,144).
+RELEASED_SP_VOCAB = 262144
+RELEASED_MARKER_IDS = {"<start_of_turn>": 105, "<end_of_turn>": 106, BOI_TOKEN: 255999,
+                       EOI_TOKEN: 256000}
+
+
+def released_size_sentencepiece() -> bytes:
+    """A tokenizer.model of the released size: the tiny model's trained pieces, the markers at
+    their released ids, and unused filler pieces elsewhere. Timing depends on the vocabulary
+    only through the embedding and output rows, so the filler's text does not matter."""
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    proto = sp_pb2.ModelProto()
+    proto.ParseFromString(train_sentencepiece())
+    pieces = list(proto.pieces)
+    markers = {p.piece: p for p in pieces if p.piece in RELEASED_MARKER_IDS}
+    rest = [p for p in pieces if p.piece not in RELEASED_MARKER_IDS]
+    slots: list = [None] * RELEASED_SP_VOCAB
+    for text, index in RELEASED_MARKER_IDS.items():
+        slots[index] = markers[text]
+    free = iter(i for i, piece in enumerate(slots) if piece is None)
+    for piece in rest:  # reserved ids 0-3 and the trained pieces keep their order
+        slots[next(free)] = piece
+    del proto.pieces[:]
+    for index, piece in enumerate(slots):
+        new = proto.pieces.add()
+        if piece is None:
+            new.piece, new.score, new.type = f"<unused{index}>", 0.0, sp_pb2.ModelProto.SentencePiece.UNUSED
+        else:
+            new.CopyFrom(piece)
+    return proto.SerializeToString()
+
+
+def save_skeleton_processor(out_dir: Path, config) -> None:
+    """tokenizer.model (released size), tokenizer, processor and chat template of a full-size
+    skeleton, as the released repository has them."""
+    import tempfile
+
+    from transformers import Gemma3Processor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sp_path = Path(tmp) / "tokenizer.model"
+        sp_path.write_bytes(released_size_sentencepiece())
+        tokenizer = build_tokenizer(sp_path, expected_ids={**RELEASED_MARKER_IDS,
+                                                           IMAGE_TOKEN: RELEASED_SP_VOCAB})
+        side = int(config.vision_config.image_size)
+        processor = Gemma3Processor(image_processor=_image_processor(side), tokenizer=tokenizer,
+                                    chat_template=_chat_template(),
+                                    image_seq_length=int(config.mm_tokens_per_image))
+        processor.save_pretrained(out_dir)
+        shutil.copyfile(sp_path, Path(out_dir) / "tokenizer.model")
 
 
 # ---------------------------------------------------------------------------------------------

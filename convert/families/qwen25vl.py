@@ -194,26 +194,39 @@ def make_tiny(out_dir: Path) -> Path:
     return out_dir
 
 
-def _image_processor():
+def _image_processor(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS):
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
     return Qwen2VLImageProcessor(
-        size={"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS},
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
         patch_size=TINY_VISION["patch_size"],
         merge_size=TINY_VISION["spatial_merge_size"],
         temporal_patch_size=TINY_VISION["temporal_patch_size"],
     )
 
 
-def _video_processor():
+def _video_processor(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS):
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     return Qwen2VLVideoProcessor(
-        size={"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS},
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
         patch_size=TINY_VISION["patch_size"],
         merge_size=TINY_VISION["spatial_merge_size"],
         temporal_patch_size=TINY_VISION["temporal_patch_size"],
     )
+
+
+def save_skeleton_processor(out_dir: Path, config) -> None:
+    """Tokenizer, processor and chat template of a full-size skeleton (convert/skeleton.py):
+    the real vocabulary and the released processors' pixel range."""
+    from transformers import Qwen2_5_VLProcessor
+
+    from convert.skeleton import QWEN_RELEASED_MAX_PIXELS, QWEN_RELEASED_MIN_PIXELS
+
+    pixels = (QWEN_RELEASED_MIN_PIXELS, QWEN_RELEASED_MAX_PIXELS)
+    Qwen2_5_VLProcessor(image_processor=_image_processor(*pixels), tokenizer=build_tokenizer(),
+                        video_processor=_video_processor(*pixels),
+                        chat_template=_chat_template()).save_pretrained(out_dir)
 
 
 def prepare_for_converter(src_dir: Path, staging_dir: Path) -> Path:
