@@ -120,12 +120,13 @@ def answer_image(model: Path, mmproj: Path, family: str, image=None, *, max_toke
             "completion_tokens": result["usage"]["completion_tokens"]}
 
 
-def hf_logits(ckpt_dir: Path, token_ids: list[int]):
-    """Logits [positions, vocab] of the Hugging Face model in fp32 for a text-only prompt."""
+def hf_logits(ckpt_dir: Path, token_ids: list[int], dtype: str = "float32"):
+    """Logits [positions, vocab] of the Hugging Face model for a text-only prompt, computed in
+    `dtype` (fp32 by default; bfloat16 halves the memory, e.g. for a full-size model)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(ckpt_dir, dtype=torch.float32).eval()
+    model = AutoModelForImageTextToText.from_pretrained(ckpt_dir, dtype=getattr(torch, dtype)).eval()
     with torch.no_grad():
         out = model(input_ids=torch.tensor([token_ids]))
     return out.logits[0].float().numpy()
@@ -145,7 +146,8 @@ def gguf_logits(model: Path, token_ids: list[int]):
         llm.close()
 
 
-def compare_logits(ckpt_dir: str | Path, model: str | Path, prompt: str = LOGIT_PROMPT) -> LogitReport:
+def compare_logits(ckpt_dir: str | Path, model: str | Path, prompt: str = LOGIT_PROMPT, *,
+                   hf_dtype: str = "float32") -> LogitReport:
     """Top-token agreement and max logit difference between the Hugging Face checkpoint and a
     GGUF of it (use the f16 GGUF: quantized files differ by design)."""
     import numpy as np
@@ -153,7 +155,10 @@ def compare_logits(ckpt_dir: str | Path, model: str | Path, prompt: str = LOGIT_
 
     tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)
     token_ids = tokenizer(prompt)["input_ids"]
-    a = hf_logits(Path(ckpt_dir), token_ids)
+    a = hf_logits(Path(ckpt_dir), token_ids, hf_dtype)
+    import gc
+
+    gc.collect()  # the HF weights go before the GGUF is mapped: a full-size pair fits in 24 GB
     b = gguf_logits(Path(model), token_ids)
     width = min(a.shape[1], b.shape[1], len(tokenizer))  # padding rows past the tokenizer differ
     a, b = a[:, :width], b[:, :width]
