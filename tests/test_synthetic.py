@@ -11,7 +11,8 @@ import random
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from geolocsft import datasets, geo, images, protocol, synthetic
+from demo import synthetic
+from geolocsft import datasets, geo, images, protocol
 from geolocsft.images import Family, ImageBudget
 
 
@@ -143,7 +144,7 @@ def test_bad_arguments_are_refused(tmp_path):
 
 def test_demo_photo_folder_is_refreshed_but_a_foreign_folder_is_refused(splits, tmp_path):
     from geolocsft.cli import CliError
-    from geolocsft.demo_cli import copy_photos
+    from demo.cli import copy_photos
 
     _, train, held = splits
     dest = copy_photos(held.folder, tmp_path / "photos")
@@ -162,7 +163,7 @@ def test_demo_photo_folder_is_refreshed_but_a_foreign_folder_is_refused(splits, 
 
 
 def test_demo_model_install_never_replaces_someone_elses_folder(tmp_path):
-    from geolocsft.demo_cli import INSTALL_MARKER, install_model
+    from demo.cli import INSTALL_MARKER, install_model
 
     built = tmp_path / "cache" / "demo-synthetic-gemma3-q8_0"
     built.mkdir(parents=True)
@@ -180,7 +181,7 @@ def test_demo_model_install_never_replaces_someone_elses_folder(tmp_path):
 
 
 def test_demo_cache_key_follows_the_recipe(monkeypatch):
-    from geolocsft import demo
+    from demo import pipeline as demo
 
     before = demo.build_key("gemma3")
     assert before == demo.build_key("gemma3") and before != demo.build_key("qwen2.5-vl")

@@ -1,6 +1,6 @@
 """`geolocsft demo`: the pipeline demonstration a new user runs first (see docs/demo.md).
 
-Registration stays cheap; the work is in `geolocsft.demo`, whose heavy steps run as
+Registration stays cheap; the work is in `demo.pipeline`, whose heavy steps run as
 subprocesses of the real `geolocsft train` and `geolocsft convert` commands.
 """
 
@@ -32,7 +32,7 @@ INSTALL_MARKER = ".geolocsft-demo"  # marks a folder the demo made (and may repl
 
 
 def register(subparsers) -> None:
-    from geolocsft.demo import DEFAULT_FAMILY, FAMILIES, QUANTS
+    from demo.pipeline import DEFAULT_FAMILY, FAMILIES, QUANTS
 
     p = subparsers.add_parser(
         "demo", help="pipeline demonstration on synthetic places (train, convert, locate)",
@@ -115,7 +115,8 @@ def install_model(folder: Path, root: Path) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     import subprocess
 
-    from geolocsft import demo
+    from demo import pipeline as demo
+    from demo import synthetic
     from geolocsft.cli import CliError
     from geolocsft.engine import EngineError
     from geolocsft.paths import models_dir
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     agree, compared = demo.agreement(built, result.rows)
     info = built.info
     print(f"\nheld-out synthetic photos: {photos}  ({len(result.rows)} renders of "
-          f"{len(demo.synthetic.PLACES)} places, never seen in training)")
+          f"{len(synthetic.PLACES)} places, never seen in training)")
     print(f"model: {built.model(args.quant).name} (tiny {args.family}, LoRA SFT "
           f"{info.get('steps')} steps on {info.get('train')} renders)")
     print(result.scores.format_table())
