@@ -118,7 +118,7 @@ def test_open_folder_thumbnails_preview_and_table(window, qtbot, photo_folder):
     broken = window.results.row(photo_folder / "e_broken.jpg")
     assert broken.status == RowStatus.ERROR and "e_broken.jpg" in broken.message
     # The first photo is selected: preview and the EXIF ground truth on the map.
-    qtbot.waitUntil(lambda: window._preview_image is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: window.photos.preview_image is not None, timeout=10_000)
     assert window.map.truth == pytest.approx((48.8584, 2.2945), abs=1e-4)
     assert window.map.prediction is None
     window.map.wait_for_levels()  # the finer basemap levels are prepared in the background
@@ -127,9 +127,9 @@ def test_open_folder_thumbnails_preview_and_table(window, qtbot, photo_folder):
 
     # The rotated photo previews upright (portrait).
     window.select_photo(photo_folder / "c_rotated.jpg")
-    qtbot.waitUntil(lambda: window._preview_path.endswith("c_rotated.jpg")
-                    and window._preview_image is not None
-                    and window._preview_image.height() > window._preview_image.width(),
+    qtbot.waitUntil(lambda: window.photos.preview_path.endswith("c_rotated.jpg")
+                    and window.photos.preview_image is not None
+                    and window.photos.preview_image.height() > window.photos.preview_image.width(),
                     timeout=10_000)
     icon = window.thumbs.icons[str(photo_folder / "c_rotated.jpg")]
     size = icon.availableSizes()[0]
@@ -304,14 +304,21 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     assert "guesses within" in win.answer.confidence.text()
     save_screenshot(win, "window-guesses")
 
-    # Export writes the core's CSV/GeoJSON/KML and never replaces them unasked.
+    # Export writes the core's CSV/GeoJSON/KML, recorded in the store like the CLI's: its own
+    # exports are refreshed without a question (and `locate` would refresh them too), a file
+    # someone changed is never replaced unasked.
+    from geolocsft import workflow
+
     out = photo_folder.parent / "export"
-    written = win.export_to(out)
+    written = win.exports.export_to(out)
     assert [p.suffix for p in written] == [".csv", ".geojson", ".kml"]
     assert "a_paris.jpg" in written[0].read_text()
-    before = written[0].read_bytes()
-    assert win.export_to(out, confirm_replace=lambda path: False) == []
-    assert "not replaced" in win.problems[-1] and written[0].read_bytes() == before
+    assert workflow.foreign_exports(win.store, out) == []
+    assert win.exports.export_to(out, confirm_replace=lambda path: pytest.fail("ours")) == written
+    written[0].write_text("edited by hand\n")
+    assert win.exports.export_to(out, confirm_replace=lambda path: False) == []
+    assert "not replaced" in win.problems[-1]
+    assert written[0].read_text() == "edited by hand\n"
 
     # XMP sidecars from the app (as `locate --xmp`), read back with pyexiv2; an existing
     # sidecar is replaced only when the user says yes.
@@ -319,7 +326,7 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
 
     from geolocsft.export_xmp import parse_xmp_coordinate
 
-    tags = win.write_xmp_sidecars(confirm_replace=lambda existing: pytest.fail("nothing exists"))
+    tags = win.exports.write_xmp_sidecars(confirm_replace=lambda existing: pytest.fail("nothing exists"))
     located = [r for r in win.results.rows if r.result is not None and r.result.has_point]
     assert sorted(t.path.name for t in tags) == sorted(f"{r.path.name}.xmp" for r in located)
     assert {t.action for t in tags} == {"created"}
@@ -332,10 +339,10 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     sidecar = Path(str(located[0].path) + ".xmp")
     before = sidecar.read_bytes()
     asked = []
-    kept = win.write_xmp_sidecars(confirm_replace=lambda existing: asked.append(existing) or False)
+    kept = win.exports.write_xmp_sidecars(confirm_replace=lambda existing: asked.append(existing) or False)
     assert len(asked[0]) == len(located) and {t.action for t in kept} == {"skipped"}
     assert sidecar.read_bytes() == before
-    replaced = win.write_xmp_sidecars(confirm_replace=lambda existing: True)
+    replaced = win.exports.write_xmp_sidecars(confirm_replace=lambda existing: True)
     assert {t.action for t in replaced} == {"updated"}
 
     # EXIF GPS into copies (as `locate --write-exif`): originals untouched, a photo's own GPS
@@ -343,14 +350,14 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     from geolocsft.images import read_gps
 
     originals = {row.path: row.path.read_bytes() for row in located}
-    assert win.write_exif_copies(photo_folder / "sub") == []
+    assert win.exports.write_exif_copies(photo_folder / "sub") == []
     assert "inside the photo folder" in win.problems[-1]
     copies = photo_folder.parent / "with-gps"
     copies.mkdir()
     victim = next(row.path.name for row in located if read_gps(row.path) is None)
     (copies / victim).write_bytes(b"someone else's file")
     asked = []
-    tags = {t.path.name: t for t in win.write_exif_copies(
+    tags = {t.path.name: t for t in win.exports.write_exif_copies(
         copies, confirm_replace=lambda existing: asked.append(existing) or False)}
     assert asked == [[copies / victim]]
     assert tags[victim].action == "skipped"
@@ -364,7 +371,7 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
             assert read_gps(copies / row.path.name) == pytest.approx(
                 (row.result.latitude, row.result.longitude), abs=1e-5)
         assert row.path.read_bytes() == originals[row.path]
-    tags = {t.path.name: t for t in win.write_exif_copies(
+    tags = {t.path.name: t for t in win.exports.write_exif_copies(
         copies, confirm_replace=lambda existing: True)}
     assert tags[victim].action == "created"
     row = next(r for r in located if r.path.name == victim)
