@@ -72,6 +72,7 @@ def copy_photos(src: Path, dest: Path) -> Path:
     """The held-out renders and their CSV as the user's demo folder. A copy from an older build
     is refreshed; a folder the demo did not make is never touched."""
     from geolocsft.cli import CliError
+    from geolocsft.fsutil import build_folder
 
     if dest.exists():
         if not (dest / INSTALL_MARKER).is_file():
@@ -80,33 +81,25 @@ def copy_photos(src: Path, dest: Path) -> Path:
             (dest / "photos.csv").read_bytes() == (src / "photos.csv").read_bytes())
         if same:
             return dest
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src / "images", tmp / "images")
-    shutil.copy2(src / "photos.csv", tmp / "photos.csv")
-    (tmp / INSTALL_MARKER).write_text("held-out renders copied by `geolocsft demo`\n")
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, dest)
+    with build_folder(dest, replace=True) as tmp:
+        shutil.copytree(src / "images", tmp / "images")
+        shutil.copy2(src / "photos.csv", tmp / "photos.csv")
+        (tmp / INSTALL_MARKER).write_text("held-out renders copied by `geolocsft demo`\n")
     return dest
 
 
 def install_model(folder: Path, root: Path) -> Path | None:
     """Put the demo model folder into the models folder so `locate` and the app find it by
     name. Replaces only a folder the demo itself installed; returns None when it cannot."""
+    from geolocsft.fsutil import build_folder
+
     dest = root / folder.name
     if dest.exists() and not (dest / INSTALL_MARKER).is_file():
         return None  # someone else's folder by that name: leave it alone
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".{folder.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(folder, tmp)
-        (tmp / INSTALL_MARKER).write_text("installed by `geolocsft demo`; safe to delete\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        with build_folder(dest, replace=True) as tmp:
+            shutil.copytree(folder, tmp, dirs_exist_ok=True)
+            (tmp / INSTALL_MARKER).write_text("installed by `geolocsft demo`; safe to delete\n")
     except OSError:
         return None
     return dest

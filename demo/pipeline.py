@@ -236,7 +236,7 @@ def build(family: str = DEFAULT_FAMILY, progress: Progress = _print,
     def fill(work: Path) -> None:
         # Left by a build that was killed (SIGTERM/SIGKILL skip build_once's cleanup); no one
         # else can be writing one: build_once holds this key's lock.
-        for stale in parent.glob(f"{final.name}.tmp-*"):
+        for stale in parent.glob(f"*{final.name}.tmp-*"):
             if stale != work:
                 shutil.rmtree(stale, ignore_errors=True)
         progress(f"[demo] building the {family} demo model once (cached in {final})")
