@@ -282,6 +282,7 @@ class MainWindow(QMainWindow):
         self.map.clear_photo()
         self.preview.setText(f"{len(paths)} photos in {folder}" if paths else f"No photos in {folder}")
         self.photos.preview_image = None
+        self.photos.photo_gps.clear()  # read again with the thumbnails: files may have changed
         self.load_stored_results()
         self.update_actions()
         self.statusBar().showMessage(f"Opened {folder}: {len(paths)} photos", 5000)

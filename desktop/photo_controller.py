@@ -19,10 +19,14 @@ class PhotoController(QObject):
         self.window = window
         self.preview_image: QImage | None = None
         self.preview_path = ""
+        # EXIF GPS per photo, read off the GUI thread with its thumbnail or preview (never
+        # again at each selection); a photo not loaded yet gets it with its preview.
+        self.photo_gps: dict[str, tuple[float, float] | None] = {}
         window.thumb_view.selectionModel().currentChanged.connect(self.on_thumb_current)
         window.table.selectionModel().currentRowChanged.connect(self.on_table_current)
         window.loader.loaded.connect(self.on_image_loaded)
         window.loader.failed.connect(self.on_image_failed)
+        window.loader.gps.connect(self.on_gps)
 
     def current_path(self) -> str:
         w = self.window
@@ -91,19 +95,22 @@ class PhotoController(QObject):
         w.answer.show_result(row.result, row.message)
         self.show_on_map(row)
 
-    def show_on_map(self, row) -> None:
-        from geolocsft.images import read_gps
+    def on_gps(self, path: str, gps) -> None:
+        known = path in self.photo_gps
+        self.photo_gps[path] = gps
+        if not known and gps is not None and path == self.current_path():
+            row = self.window.results.row(path)
+            if row is not None:
+                self.show_on_map(row)
 
+    def show_on_map(self, row) -> None:
         w = self.window
         r = row.result
         truth = None
         if r is not None and r.truth_lat is not None:
             truth = (r.truth_lat, r.truth_lon)
         elif row.status != RowStatus.ERROR:
-            try:
-                truth = read_gps(row.path)
-            except Exception:  # unreadable EXIF: no ground truth, the row says why elsewhere
-                truth = None
+            truth = self.photo_gps.get(str(row.path))
         w.map.set_truth(*(truth or (None, None)))
         if truth and (r is None or r.truth_km is None):
             w.answer.error.setText(f"photo's GPS: {truth[0]:.5f}, {truth[1]:.5f}")

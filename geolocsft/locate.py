@@ -161,19 +161,27 @@ class LocateRunner:
 
     # -- preparation (worker thread)
     def _prepare(self, item: PhotoItem) -> _Prepared:
-        from geolocsft.images import prepare_image, read_gps
+        from geolocsft.images import prepare_photo, read_photo_bytes
 
         prepared = _Prepared(item)
         start = time.perf_counter()
         try:
-            sha = self.store.photo_sha256(item.path)
+            # One read per photo: the hash, the EXIF GPS and the pixels come from the same
+            # bytes. A photo the hash cache knows (same size and mtime) is not read at all
+            # unless it still has to be computed.
+            data = None
+            sha = self.store.cached_sha256(item.path)
+            if sha is None:
+                data = read_photo_bytes(item.path)
+                sha = self.store.photo_sha256(item.path, data)
             prepared.key = ResultKey(sha, self.model_sha256, self.prompt_version, self.settings_hash)
             existing = self.store.get(prepared.key)
             if existing is not None and existing.status == Status.DONE:
                 prepared.existing = existing
                 return prepared
-            prepared.image = prepare_image(item.path, self.budget)
-            prepared.truth = read_gps(item.path)
+            if data is None:
+                data = read_photo_bytes(item.path)
+            prepared.image, prepared.truth = prepare_photo(data, self.budget, str(item.path))
         except Exception as exc:  # any bad file is one error line; the batch goes on
             prepared.error = _error_text(exc, item.path)
         prepared.prepare_s = time.perf_counter() - start
