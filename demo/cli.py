@@ -152,6 +152,16 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(REAL_PHOTOS)
     if not args.no_app and display_present() and app_available():
-        print(f"\nopening the app on {photos} ...", flush=True)
-        return subprocess.call([sys.executable, "-m", "geolocsft", "app", str(photos)])
+        print(f"\nopening the app on {photos} with these results ...", flush=True)
+        return subprocess.call(app_command(photos, result.out_dir, installed or
+                                           built.model(args.quant)))
     return 0
+
+
+def app_command(photos: Path, report: Path, model: Path) -> list[str]:
+    """The app on the demo's photos, its results store and its model: the table and the map
+    show the answers the demo just computed, nothing to run again."""
+    from geolocsft.bench_run import STORE_NAME
+
+    return [sys.executable, "-m", "geolocsft", "app", str(photos),
+            "--store", str(Path(report) / STORE_NAME), "--model", str(model)]

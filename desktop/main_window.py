@@ -48,9 +48,10 @@ class MainWindow(QMainWindow):
     benchDone = Signal(object)
 
     def __init__(self, settings: AppSettings | None = None, store_path: str | Path | None = None,
-                 basemap=None, engine_kwargs: dict | None = None):
+                 basemap=None, engine_kwargs: dict | None = None, model: str | Path | None = None):
         """engine_kwargs: extra `Engine` keyword arguments (e.g. max_tokens) on top of the
-        settings, for scripting and tests."""
+        settings, for scripting and tests. model: a model folder to load instead of the last
+        one used (`geolocsft app --model`, the demo's hand-over)."""
         super().__init__()
         from geolocsft.store import ResultStore, default_store_path
 
@@ -60,6 +61,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.folder: Path | None = None
         self.spec = None  # ModelSpec of the loaded model
+        self.shown_model_sha256: str | None = None  # the model chosen, loaded or not yet
         self.running = False
         self.run_kind = ""  # "photos" or "benchmark" while running
         self.run_started = 0.0
@@ -82,7 +84,11 @@ class MainWindow(QMainWindow):
         self.models = ModelController(self)
         self._build_actions()
         self._start_worker()
+        if model is not None:
+            self.settings.last_model = str(Path(model).resolve())
         self.refresh_models()
+        if model is not None and self.model_combo.currentData() != self.settings.last_model:
+            self.load_model(self.settings.last_model)  # not in the models folder: load it anyway
         self.apply_map_settings()
         self.resize(1280, 800)
 
@@ -318,10 +324,11 @@ class MainWindow(QMainWindow):
     def load_stored_results(self) -> None:
         """Show what the store already has for these photos under the loaded model, so a
         rerun shows what is done at once (the runner will skip those)."""
-        if self.spec is None or not self.results.rows:
+        sha = self.spec.model_sha256 if self.spec is not None else self.shown_model_sha256
+        if sha is None or not self.results.rows:
             self.refresh_map_results()
             return
-        latest = workflow.latest_results(self.store, self.spec.model_sha256)
+        latest = workflow.latest_results(self.store, sha)
         for row in self.results.rows:
             result = latest.get(str(row.path))
             if result is not None:

@@ -58,6 +58,10 @@ class ModelController(QObject):
             w.report_problem("a run is in progress: cancel it before changing the model")
             return
         w.spec = None
+        # What the store has for this model shows now, not after the load (the manifest names
+        # the model's hash; a demo's results appear at once).
+        w.shown_model_sha256 = _manifest_sha256(folder)
+        w.load_stored_results()
         w.update_actions()
         w.model_label.setText(f"loading {Path(folder).name}…")
         w.settings.last_model = folder
@@ -106,3 +110,12 @@ class ModelController(QObject):
                 pass
         lines.append(f"map: {w.map.basemap.provenance}")
         return "\n".join(lines)
+
+
+def _manifest_sha256(folder: str) -> str | None:
+    from geolocsft.engine import ModelSpec
+
+    try:
+        return ModelSpec.from_folder(folder).model_sha256
+    except Exception:  # not a readable model folder: the load reports why
+        return None

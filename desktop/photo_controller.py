@@ -86,12 +86,15 @@ class PhotoController(QObject):
             if w.reasoning.path != path:  # back on the running photo: its text so far
                 w.reasoning.show_text(path, Path(path).name, "".join(runs.live_text))
         else:
-            text = ""
+            text, analysis, note = "", None, ""
             if row.result is not None:
                 outputs = row.result.outputs
                 text = "".join(guess_heading(k, len(outputs)) + o.get("text", "")
                                for k, o in enumerate(outputs))
-            w.reasoning.show_text(path, Path(path).name, text or row.message)
+                analysis = row.result.analysis
+                if len(outputs) > 1:
+                    note = f"The consensus of {len(outputs)} guesses; the raw text has them all."
+            w.reasoning.show_text(path, Path(path).name, text or row.message, analysis, note)
         w.answer.show_result(row.result, row.message)
         self.show_on_map(row)
 

@@ -266,6 +266,8 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     win.select_photo(photo_folder / "b_sydney.jpg")
     win.select_photo(photo_folder / "a_paris.jpg")
     assert win.reasoning.plain_text() == streamed
+    # Finished: the analysis reads as a report (when the model wrote one), raw text a click away.
+    assert win.reasoning.showing_report() == bool(paris.result.analysis)
     result = paris.result
     assert win.map.prediction == (result.latitude, result.longitude)
     marker = win.map.overlay_items("prediction")[0]
@@ -421,3 +423,50 @@ def test_cancel_stops_within_a_second(model_window, qtbot, photo_folder, tmp_pat
     assert summary.cancelled and len(summary.outcomes) < 8
     assert not win.running and win.locate_all_action.isEnabled()
     assert any(r.status == RowStatus.CANCELLED for r in win.results.rows)
+
+
+def test_the_app_shows_a_stores_results_for_the_chosen_model_at_once(qtbot, settings, tmp_path):
+    """The demo's hand-over (`geolocsft app PHOTOS --store S --model M`): results the store has
+    for that model fill the table and the map as soon as the folder opens, before (or without)
+    the model loading; here the model's GGUF is not even real, and its failure is one line."""
+    from geolocsft import protocol
+    from geolocsft.images import Family, default_budget
+    from geolocsft.locate import LocateRunner, find_photos
+    from geolocsft.manifest import Manifest, write_manifest
+    from geolocsft.store import ResultStore
+    from tests.fixtures.fake_engine import FakeEngine, answer_text, fake_spec
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    make_photo(folder / "a.jpg", 1)
+    make_photo(folder / "b.jpg", 2)
+    model = tmp_path / "demo-model"
+    model.mkdir()
+    (model / "model-Q8_0.gguf").write_bytes(b"not a real gguf")
+    (model / "mmproj-f16.gguf").write_bytes(b"not a real projector")
+    spec = fake_spec("demo")
+    write_manifest(model, Manifest(
+        name="demo-model", family=Family.QWEN25VL.value, base_model="tiny", quant="Q8_0",
+        model_file="model-Q8_0.gguf", mmproj_file="mmproj-f16.gguf",
+        prompt_version=protocol.PROMPT_VERSION,
+        image_budget=default_budget(Family.QWEN25VL).to_dict(),
+        files={"model-Q8_0.gguf": spec.model_sha256}))
+    store_path = tmp_path / "report" / "results.sqlite"
+    items, _ = find_photos([folder])
+    replies = {0: [answer_text(-33.87, 151.21, "Sydney")], 1: [answer_text(35.68, 139.69)]}
+    with ResultStore(store_path) as store:
+        LocateRunner(FakeEngine(script=lambda n, image: replies[n], spec=spec), store,
+                     places=False).run(items)
+
+    win = MainWindow(settings=settings, store_path=store_path, model=model)
+    qtbot.addWidget(win)
+    with qtbot.waitSignal(win.folderOpened, timeout=10_000):
+        win.open_folder(folder)
+    rows = {row.path.name: row for row in win.results.rows}
+    assert (rows["a.jpg"].result.latitude, rows["a.jpg"].result.longitude) == (-33.87, 151.21)
+    assert rows["a.jpg"].status == RowStatus.DONE and rows["b.jpg"].result.latitude == 35.68
+    assert sorted(win.map.result_points) == [(-33.87, 151.21), (35.68, 139.69)]
+    assert win.settings.last_model == str(model.resolve())
+    qtbot.waitUntil(lambda: win.model_label.text() == "model failed to load", timeout=10_000)
+    assert any("demo-model" in p or "gguf" in p.lower() for p in win.problems)
+    win.close()

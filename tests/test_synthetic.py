@@ -189,3 +189,18 @@ def test_demo_cache_key_follows_the_recipe(monkeypatch):
     assert demo.build_key("gemma3") != before
     with pytest.raises(demo.DemoError, match="choose one of"):
         demo.build("llava")
+
+
+def test_demo_opens_the_app_on_its_own_results(tmp_path):
+    """The hand-over: the app gets the demo's photos, the report's results store and the
+    demo model, so it shows the answers instead of an empty table."""
+    from demo.cli import app_command
+    from geolocsft.bench_run import STORE_NAME
+    from geolocsft.cli import build_parser
+
+    command = app_command(tmp_path / "photos", tmp_path / "report", tmp_path / "model")
+    assert command[1:4] == ["-m", "geolocsft", "app"]
+    args = build_parser().parse_args(command[3:])
+    assert args.folder == str(tmp_path / "photos")
+    assert args.store == str(tmp_path / "report" / STORE_NAME)
+    assert args.model == str(tmp_path / "model")
