@@ -28,12 +28,11 @@ from desktop.map_view import MapView
 from desktop.model_controller import ModelController
 from desktop.panes import AnswerPane, ReasoningPane
 from desktop.photo_controller import PhotoController
-from desktop.results_model import STATUS_FILTERS, ResultsModel, ResultsProxy, status_of
+from desktop.results_model import STATUS_FILTERS, ResultsModel, ResultsProxy
 from desktop.run_controller import RunController
 from desktop.settings import AppSettings, SettingsDialog
 from desktop.thumbnails import ImageLoader, ThumbnailModel
 from desktop.worker import EngineOptions, WorkerThread
-from geolocsft import workflow
 
 
 class MainWindow(QMainWindow):
@@ -320,31 +319,11 @@ class MainWindow(QMainWindow):
         options.engine_kwargs.update(self.engine_kwargs)
         return options
 
-    # ------------------------------------------------------------------ stored results
     def load_stored_results(self) -> None:
-        """Show what the store already has for these photos under the loaded model, so a
-        rerun shows what is done at once (the runner will skip those)."""
-        sha = self.spec.model_sha256 if self.spec is not None else self.shown_model_sha256
-        if sha is None or not self.results.rows:
-            self.refresh_map_results()
-            return
-        latest = workflow.latest_results(self.store, sha)
-        for row in self.results.rows:
-            result = latest.get(str(row.path))
-            if result is not None:
-                self.results.update(row.path, status=status_of(result), result=result,
-                                    message=result.error)
-        self.refresh_map_results()
-        self.photos.show_current()
+        self.photos.load_stored_results()
 
     def refresh_map_results(self) -> None:
-        points = []
-        for row in self.results.rows:
-            r = row.result
-            if r is not None and r.has_point:
-                points.append((r.latitude, r.longitude, f"{row.path.name}: {r.latitude:.4f}, "
-                               f"{r.longitude:.4f}", True))
-        self.map.set_results(points)
+        self.photos.refresh_map_results()
 
     # ------------------------------------------------------------------ selection
     def current_path(self) -> str:

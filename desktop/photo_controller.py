@@ -8,8 +8,9 @@ from pathlib import Path
 from PySide6.QtCore import QItemSelectionModel, QModelIndex, QObject, Qt
 from PySide6.QtGui import QImage, QPixmap
 
-from desktop.results_model import RowStatus
+from desktop.results_model import RowStatus, status_of
 from desktop.thumbnails import PREVIEW_SIZE, ThumbnailModel
+from geolocsft import workflow
 from geolocsft.locate import guess_heading
 
 
@@ -27,6 +28,33 @@ class PhotoController(QObject):
         window.loader.loaded.connect(self.on_image_loaded)
         window.loader.failed.connect(self.on_image_failed)
         window.loader.gps.connect(self.on_gps)
+
+    def load_stored_results(self) -> None:
+        """Show what the store already has for these photos under the loaded model, so a
+        rerun shows what is done at once (the runner will skip those)."""
+        w = self.window
+        sha = w.spec.model_sha256 if w.spec is not None else w.shown_model_sha256
+        if sha is None or not w.results.rows:
+            self.refresh_map_results()
+            return
+        latest = workflow.latest_results(w.store, sha)
+        for row in w.results.rows:
+            result = latest.get(str(row.path))
+            if result is not None:
+                w.results.update(row.path, status=status_of(result), result=result,
+                                 message=result.error)
+        self.refresh_map_results()
+        self.show_current()
+
+    def refresh_map_results(self) -> None:
+        w = self.window
+        points = []
+        for row in w.results.rows:
+            r = row.result
+            if r is not None and r.has_point:
+                points.append((r.latitude, r.longitude, f"{row.path.name}: {r.latitude:.4f}, "
+                               f"{r.longitude:.4f}", True))
+        w.map.set_results(points)
 
     def current_path(self) -> str:
         w = self.window
