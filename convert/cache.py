@@ -4,13 +4,11 @@ two engineers) from building the same thing at once; the second one waits and re
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
-from geolocsft.fsutil import file_lock
+from geolocsft.fsutil import build_folder, file_lock
 
 
 def build_once(final: Path, build: Callable[[Path], None]) -> Path:
@@ -23,14 +21,8 @@ def build_once(final: Path, build: Callable[[Path], None]) -> Path:
     with file_lock(final.parent / (final.name + ".lock")):
         if final.is_dir():  # another process finished while we waited
             return final
-        temp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-        try:
+        with build_folder(final) as temp:
             build(temp)
-            os.chmod(temp, 0o755)  # mkdtemp makes it private; the cache is shared
-            os.replace(temp, final)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
     return final
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from convert.errors import AdapterError, ConvertError, check_writable_dir, refuse_existing, remove_path
+from convert.errors import AdapterError, ConvertError, check_writable_dir, refuse_existing
 from convert.families import family_of, read_config
-from geolocsft.fsutil import read_json
+from geolocsft.fsutil import build_folder, read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -195,9 +194,7 @@ def merge_adapter(
     model = model.to(getattr(torch, dtype))
     processor = AutoProcessor.from_pretrained(processor_source(base_dir, adapter_dir))
 
-    temp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    os.chmod(temp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
-    try:
+    with build_folder(out_dir, replace=True) as temp:
         model.save_pretrained(temp, safe_serialization=True)
         processor.save_pretrained(temp)
         for name in ("tokenizer.model", "generation_config.json"):
@@ -214,12 +211,6 @@ def merge_adapter(
             "merge_dtype": merge_dtype,
         }
         (temp / MERGE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            remove_path(out_dir)
-        os.replace(temp, out_dir)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return out_dir
 
 

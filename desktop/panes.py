@@ -1,11 +1,13 @@
 """The answer pane (coordinates, place, confidence, timings) and the reasoning pane (the model's
-text as it streams in)."""
+analysis as a short report, its raw text one click away and live while it streams)."""
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtGui import QFont, QGuiApplication, QTextCursor
 from PySide6.QtWidgets import (QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit,
-                               QPushButton, QVBoxLayout, QWidget)
+                               QPushButton, QStackedWidget, QTextBrowser, QVBoxLayout, QWidget)
 
 from desktop.results_model import place_text
 
@@ -108,26 +110,78 @@ class AnswerPane(QWidget):
             QGuiApplication.clipboard().setText(self.decimal.text())
 
 
+# The analysis's sections, in the order the prompt asks for them (geolocsft.protocol).
+SECTIONS = (("regional_25km", "Regional clues (~25 km)"), ("micro_1km", "Local clues (~1 km)"),
+            ("eliminated", "Ruled out"), ("conclusion", "Conclusion"))
+
+
+def report_html(analysis: dict, note: str = "") -> str:
+    """The analysis JSON as labelled sections: clue tables, the regions ruled out with the
+    reason for each, the conclusion. Values are the model's words, escaped."""
+    esc = html.escape
+    parts = [f"<p><i>{esc(note)}</i></p>"] if note else []
+    for key, title in SECTIONS:
+        value = analysis.get(key)
+        if not value:
+            continue
+        parts.append(f"<h4>{title}</h4>")
+        if isinstance(value, dict):
+            rows = "".join(f"<tr><td><b>{esc(str(k).replace('_', ' '))}</b>&nbsp;</td>"
+                           f"<td>{esc(str(v))}</td></tr>" for k, v in value.items() if v)
+            parts.append(f"<table>{rows}</table>")
+        elif isinstance(value, list):
+            items = "".join(
+                f"<li><b>{esc(str(i.get('region', '')))}</b>: {esc(str(i.get('why', '')))}</li>"
+                if isinstance(i, dict) else f"<li>{esc(str(i))}</li>" for i in value)
+            parts.append(f"<ul>{items}</ul>")
+        else:
+            parts.append(f"<p>{esc(str(value))}</p>")
+    return "".join(parts)
+
+
 class ReasoningPane(QWidget):
-    """The model's output for one photo; tokens append as they arrive."""
+    """The model's reasoning for one photo: a report of its analysis once there is one, the raw
+    text (tokens appending as they arrive) while it streams or when the user asks for it."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        header = QHBoxLayout()
         self.title = QLabel("Reasoning")
         self.title.setStyleSheet("font-weight: bold; padding: 2px 4px")
-        layout.addWidget(self.title)
+        header.addWidget(self.title, 1)
+        self.raw_button = QPushButton("Raw text")
+        self.raw_button.setCheckable(True)
+        self.raw_button.setToolTip("Show the model's own words, every guess, as generated")
+        self.raw_button.toggled.connect(self._show_view)
+        header.addWidget(self.raw_button)
+        layout.addLayout(header)
+        self.report = QTextBrowser()
+        self.report.setPlaceholderText("The model's analysis appears here once it has answered.")
         self.text = QPlainTextEdit()
         self.text.setReadOnly(True)
         self.text.setPlaceholderText("The model's reasoning streams here while it works.")
-        layout.addWidget(self.text)
+        self.views = QStackedWidget()
+        self.views.addWidget(self.report)
+        self.views.addWidget(self.text)
+        layout.addWidget(self.views)
         self.path = ""
+        self.has_report = False
+
+    def _show_view(self, raw: bool | None = None) -> None:
+        raw = self.raw_button.isChecked() if raw is None else raw
+        self.views.setCurrentWidget(self.text if raw or not self.has_report else self.report)
+        self.raw_button.setEnabled(self.has_report)
 
     def start(self, path: str, title: str) -> None:
+        """A new photo: streaming text shows live in the raw view."""
         self.path = path
         self.title.setText(f"Reasoning — {title}")
         self.text.clear()
+        self.report.clear()
+        self.has_report = False
+        self._show_view()
 
     def append(self, piece: str) -> None:
         cursor = self.text.textCursor()
@@ -136,9 +190,21 @@ class ReasoningPane(QWidget):
         self.text.setTextCursor(cursor)
         self.text.ensureCursorVisible()
 
-    def show_text(self, path: str, title: str, text: str) -> None:
+    def show_text(self, path: str, title: str, text: str, analysis: dict | None = None,
+                  note: str = "") -> None:
+        """A finished photo: the report of `analysis` (when it has one) over its raw text."""
         self.start(path, title)
         self.text.setPlainText(text)
+        if analysis:
+            self.report.setHtml(report_html(analysis, note))
+            self.has_report = True
+        self._show_view()
 
     def plain_text(self) -> str:
         return self.text.toPlainText()
+
+    def report_text(self) -> str:
+        return self.report.toPlainText() if self.has_report else ""
+
+    def showing_report(self) -> bool:
+        return self.views.currentWidget() is self.report

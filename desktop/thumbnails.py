@@ -27,6 +27,7 @@ def pil_to_qimage(image) -> QImage:
 class _Signals(QObject):
     loaded = Signal(str, int, QImage)  # path, requested size, image
     failed = Signal(str, int, str)  # path, requested size, message
+    gps = Signal(str, object)  # path, (lat, lon) from its EXIF or None; before `loaded`
 
 
 class _LoadTask(QRunnable):
@@ -35,10 +36,18 @@ class _LoadTask(QRunnable):
         self.path, self.size, self.signals = path, size, signals
 
     def run(self) -> None:
-        from geolocsft.images import open_image
+        from geolocsft.images import open_image, read_gps, read_photo_bytes
 
         try:
-            image = open_image(self.path)
+            # One read: the EXIF GPS (the photo's ground truth, for the map) and the pixels
+            # come from the same bytes, off the GUI thread.
+            data = read_photo_bytes(self.path)
+            try:
+                gps = read_gps(data)
+            except Exception:  # unreadable header: no ground truth; the decode says why
+                gps = None
+            self.signals.gps.emit(self.path, gps)
+            image = open_image(data, label=self.path)
             image.thumbnail((self.size, self.size))
             result = pil_to_qimage(image)
         except Exception as exc:  # any unreadable file: reported, never raised in a pool thread
@@ -54,6 +63,7 @@ class ImageLoader(QObject):
 
     loaded = Signal(str, int, QImage)
     failed = Signal(str, int, str)
+    gps = Signal(str, object)  # path, (lat, lon) or None: read with the pixels, once per load
 
     def __init__(self, parent=None, threads: int = 2):
         super().__init__(parent)
@@ -62,6 +72,7 @@ class ImageLoader(QObject):
         self._signals = _Signals()
         self._signals.loaded.connect(self.loaded)
         self._signals.failed.connect(self.failed)
+        self._signals.gps.connect(self.gps)
 
     def request(self, path: str | Path, size: int) -> None:
         self.pool.start(_LoadTask(str(path), size, self._signals))

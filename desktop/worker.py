@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from geolocsft.workflow import default_temperature
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -109,7 +111,7 @@ class LocateWorker(QObject):
         items, problems = find_photos(paths)
         for line in problems:
             self.runFailed.emit(line)
-        temperature = _temperature(options.temperature, options.samples)
+        temperature = default_temperature(options.temperature, options.samples)
         try:
             runner = LocateRunner(
                 self.engine, self.store, samples=max(1, options.samples), temperature=temperature,
@@ -180,7 +182,7 @@ class LocateWorker(QObject):
             result = bench_run.run_benchmark(
                 data.samples, self.engine, request.out_dir, dataset=request.kind,
                 images_root=request.images, samples_k=samples_k,
-                temperature=_temperature(options.temperature, samples_k),
+                temperature=default_temperature(options.temperature, samples_k),
                 on_progress=self._progress_relay(self.benchPhotoStarted, self.benchProgress),
                 on_outcome=self.benchOutcome.emit,
                 on_token=lambda item, piece: self.benchToken.emit(str(item.path), piece),
@@ -197,15 +199,6 @@ class LocateWorker(QObject):
             self.engine.close()
             self.engine = None
             self.spec = None
-
-
-def _temperature(chosen: float | None, samples: int) -> float:
-    """The CLI's rule: greedy for one guess, its sampling temperature for several."""
-    if chosen is not None:
-        return chosen
-    from geolocsft.locate_cli import DEFAULT_SAMPLED_TEMPERATURE
-
-    return DEFAULT_SAMPLED_TEMPERATURE if samples > 1 else 0.0
 
 
 class WorkerThread(QThread):

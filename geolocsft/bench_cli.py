@@ -113,7 +113,8 @@ def run_run(args: argparse.Namespace) -> int:
     from geolocsft.datasets import DatasetError
     from geolocsft.catalog import CatalogError, resolve_model
     from geolocsft.engine import Engine, EngineError, ModelSpec
-    from geolocsft.locate_cli import DEFAULT_SAMPLED_TEMPERATURE, ProgressBar
+    from geolocsft.locate_cli import ProgressBar
+    from geolocsft.workflow import default_temperature
 
     if args.samples < 1:
         raise CliError("--samples must be at least 1")
@@ -131,9 +132,7 @@ def run_run(args: argparse.Namespace) -> int:
     except (CatalogError, EngineError) as exc:
         raise CliError(str(exc)) from exc
     out = args.out or Path("runs") / f"bench-{args.dataset}-{spec.name}"
-    temperature = args.temperature
-    if temperature is None:
-        temperature = DEFAULT_SAMPLED_TEMPERATURE if args.samples > 1 else 0.0
+    temperature = default_temperature(args.temperature, args.samples)
     try:
         options = {"n_threads": args.threads, "max_tokens": args.max_tokens, **speed_kwargs(args)}
         engine = Engine(spec, **{k: v for k, v in options.items() if v is not None})

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from geolocsft import images, protocol
+from geolocsft.fsutil import build_folder
 from geolocsft.gguf_header import GGUFFormatError, read_gguf
 from geolocsft.manifest import (
     Manifest,
@@ -204,12 +205,8 @@ def import_model(gguf: str | os.PathLike, mmproj: str | os.PathLike, *, name: st
     final = root / name
     if final.exists():
         raise CatalogError(f"{final}: already exists; choose another --name or remove it")
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     model_file, mmproj_file = f"model-{quant}.gguf", f"mmproj-{mm_type.lower()}.gguf"
-    try:
+    with build_folder(final) as staging:
         place = shutil.move if move else shutil.copyfile
         place(gguf, staging / model_file)
         place(mmproj, staging / mmproj_file)
@@ -223,8 +220,4 @@ def import_model(gguf: str | os.PathLike, mmproj: str | os.PathLike, *, name: st
             created=now_utc(), notes=list(notes or []),
         )
         write_manifest(staging, manifest)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return final

@@ -19,7 +19,7 @@ COMMAND_MODULES = [
     "trainer.cli",
     "convert.cli",
     "desktop.cli",
-    "geolocsft.demo_cli",
+    "demo.cli",
 ]
 
 

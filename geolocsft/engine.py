@@ -186,7 +186,8 @@ class Guess:
 @dataclass
 class LocateResult:
     guesses: list[Guess] = field(default_factory=list)
-    consensus: tuple[float, float, float] | None = None  # (lat, lon, radius_km), samples > 1
+    # samples > 1: geo.consensus of the parsed guesses' points (its index is into parsed_guesses)
+    consensus: geo.Consensus | None = None
     cancelled: bool = False
 
     @property
@@ -195,29 +196,22 @@ class LocateResult:
 
     @property
     def best(self) -> Guess | None:
-        """The guess to show: with several guesses the one at the consensus point (the medoid
-        is one of them), else the first that parsed."""
+        """The one place that picks the answer: with several guesses the consensus's medoid
+        (one of the guesses), else the first that parsed."""
         parsed = self.parsed_guesses
         if not parsed:
             return None
-        if self.consensus is not None:
-            lat, lon, _ = self.consensus
-            for guess in parsed:
-                if (guess.parsed.latitude, guess.parsed.longitude) == (lat, lon):
-                    return guess
-        return parsed[0]
+        return parsed[self.consensus.index] if self.consensus is not None else parsed[0]
 
     @property
     def point(self) -> tuple[float, float] | None:
-        """(lat, lon): the consensus if any, else the best guess's answer."""
-        if self.consensus is not None:
-            return self.consensus[0], self.consensus[1]
+        """(lat, lon) of the best guess (with several guesses: the consensus point)."""
         best = self.best
         return (best.parsed.latitude, best.parsed.longitude) if best else None
 
     @property
     def radius_km(self) -> float | None:
-        return self.consensus[2] if self.consensus is not None else None
+        return self.consensus.radius_km if self.consensus is not None else None
 
     @property
     def text(self) -> str:

@@ -4,7 +4,8 @@ Atomic writes: write a temp file in the same folder (so the rename cannot cross 
 fsync it, `os.replace` it over the target. A reader then sees the old file or the new one, never
 half of one, and a failed write leaves no temp file behind.
 JSON reads: a missing or broken file becomes the caller's error class, naming the file.
-Lock files: one process at a time builds a cached thing."""
+Lock files: one process at a time builds a cached thing.
+Folders: built in a temp folder beside the target, renamed into place when complete."""
 
 from __future__ import annotations
 
@@ -81,3 +82,41 @@ def file_lock(lock_path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def build_folder(final: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """Build a folder whole, then put it in place: yields an empty temp folder
+    `.<name>.tmp-<random>` beside `final` (same file system, so the rename is atomic); on a
+    clean exit it is made readable to all (0o755, like any folder) and renamed to `final`, on
+    an error it is removed and nothing appears at `final`. An existing `final` raises
+    FileExistsError, or with replace=True is swapped out and removed after the rename, so a
+    reader never finds the folder missing or half-built."""
+    import shutil
+    import tempfile
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    old: Path | None = None
+    try:
+        yield temp
+        os.chmod(temp, 0o755)  # mkdtemp makes it private
+        if final.exists() or final.is_symlink():
+            if not replace:
+                raise FileExistsError(f"{final}: exists; not replacing it")
+            old = final.with_name(f"{temp.name}-old")
+            os.replace(final, old)
+        os.replace(temp, final)
+    except BaseException:
+        if old is not None and not final.exists():
+            os.replace(old, final)  # the swap failed half-way: put the old one back
+            old = None
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)

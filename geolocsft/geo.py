@@ -16,6 +16,7 @@ import random
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from geographiclib.geodesic import Geodesic
 
@@ -212,10 +213,21 @@ def score(
     )
 
 
-def consensus(points: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
+class Consensus(NamedTuple):
+    """The fused answer of several guesses: which guess is the medoid, its point, and the
+    spread radius."""
+
+    index: int  # position of the medoid in the points given
+    latitude: float
+    longitude: float
+    radius_km: float
+
+
+def consensus(points: Sequence[tuple[float, float]]) -> Consensus:
     """Fuse several guesses: the geodesic medoid (the guess with the smallest summed distance
     to the others; ties go to the earliest) and a spread radius, the median distance of the
-    other guesses to it (0 for a single guess)."""
+    other guesses to it (0 for a single guess). The medoid is one of the guesses, named by its
+    index, so its other fields (region, analysis) go with the point."""
     points = [(float(lat), float(lon)) for lat, lon in points]
     if not points:
         raise ValueError("consensus needs at least one point")
@@ -229,7 +241,7 @@ def consensus(points: Sequence[tuple[float, float]]) -> tuple[float, float, floa
     best = min(range(k), key=lambda i: (sum(dist[i]), i))
     others = [dist[best][j] for j in range(k) if j != best]
     radius = statistics.median(others) if others else 0.0
-    return points[best][0], points[best][1], radius
+    return Consensus(best, points[best][0], points[best][1], radius)
 
 
 def _dms(value: float, positive: str, negative: str) -> str:

@@ -173,11 +173,12 @@ def _register_heif() -> None:
         _heif_registered = True
 
 
-def _open_raw(source, max_pixels: int):
-    """Open lazily (header only) and apply the pixel cap. Returns (image, label)."""
+def _open_raw(source, max_pixels: int, label: str | None = None):
+    """Open lazily (header only) and apply the pixel cap. Returns (image, label). `label`
+    names bytes in errors (the file they were read from)."""
     _register_heif()
     if isinstance(source, (bytes, bytearray, memoryview)):
-        label, data = "<bytes>", bytes(source)
+        label, data = label or "<bytes>", bytes(source)
         if not data:
             raise ImageError(label, "empty data (0 bytes)")
         fp = io.BytesIO(data)
@@ -265,7 +266,8 @@ def _upright(image: Image.Image) -> Image.Image:
         return image.copy()
 
 
-def open_image(source, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(source, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               label: str | None = None) -> Image.Image:
     """Decode a photo (path, bytes, or an already opened PIL image) into an upright 8-bit RGB
     image. Raises ImageError naming the file for anything unusable: missing, empty,
     truncated, not an image, over `max_pixels`."""
@@ -276,12 +278,17 @@ def open_image(source, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Imag
         rgb = to_rgb(_upright(source)).copy()
         rgb.info = {}
         return rgb
-    image, label = _open_raw(source, max_pixels)
+    image, label = _open_raw(source, max_pixels, label)
+    with image:
+        return _decode(image, label)
+
+
+def _decode(image: Image.Image, label: str) -> Image.Image:
+    """Pixels of a lazily opened image, upright, 8-bit RGB, without its metadata."""
     try:
-        with image:
-            image.load()
-            rgb = to_rgb(_upright(image))
-            rgb.load()
+        image.load()
+        rgb = to_rgb(_upright(image))
+        rgb.load()
     except Image.DecompressionBombError as exc:
         raise ImageError(label, f"decompression bomb: {exc}") from exc
     except Exception as exc:  # decoders on damaged files raise OSError, RuntimeError, ...
@@ -349,19 +356,24 @@ def _ref(value) -> str:
     return str(value).strip("\x00 ").upper()[:1]
 
 
-def read_gps(path: str | os.PathLike) -> tuple[float, float] | None:
-    """(latitude, longitude) from the photo's EXIF GPS block, or None when it has none or it
-    is unusable. Raises ImageError only when the file itself cannot be opened."""
-    image, _ = _open_raw(path, max_pixels=2**62)  # header only: no decode, no bomb risk
+def read_gps(source) -> tuple[float, float] | None:
+    """(latitude, longitude) from the photo's EXIF GPS block (a path or the file's bytes), or
+    None when it has none or it is unusable. Raises ImageError only when the file itself
+    cannot be opened."""
+    image, _ = _open_raw(source, max_pixels=2**62)  # header only: no decode, no bomb risk
     with image:
-        try:
-            gps = image.getexif().get_ifd(GPS_IFD)
-            lat = _dms_to_degrees(gps[_GPS_LAT])
-            lon = _dms_to_degrees(gps[_GPS_LON])
-            lat_ref = _ref(gps.get(_GPS_LAT_REF, "N"))
-            lon_ref = _ref(gps.get(_GPS_LON_REF, "E"))
-        except Exception:  # no GPS, or EXIF in any broken shape: no ground truth
-            return None
+        return _gps_of(image)
+
+
+def _gps_of(image: Image.Image) -> tuple[float, float] | None:
+    try:
+        gps = image.getexif().get_ifd(GPS_IFD)
+        lat = _dms_to_degrees(gps[_GPS_LAT])
+        lon = _dms_to_degrees(gps[_GPS_LON])
+        lat_ref = _ref(gps.get(_GPS_LAT_REF, "N"))
+        lon_ref = _ref(gps.get(_GPS_LON_REF, "E"))
+    except Exception:  # no GPS, or EXIF in any broken shape: no ground truth
+        return None
     if lat_ref == "S":
         lat = -lat
     if lon_ref == "W":
@@ -373,3 +385,36 @@ def read_gps(path: str | os.PathLike) -> tuple[float, float] | None:
     if lat == 0.0 and lon == 0.0:  # cameras write zeros when they had no fix
         return None
     return lat, lon
+
+
+def read_photo_bytes(path: str | os.PathLike) -> bytes:
+    """A photo file's bytes; ImageError naming it when it cannot be read or is empty."""
+    label = os.fspath(path)
+    try:
+        data = Path(label).read_bytes()
+    except FileNotFoundError:
+        raise ImageError(label, "file not found") from None
+    except IsADirectoryError:
+        raise ImageError(label, "is a folder, not an image file") from None
+    except OSError as exc:
+        raise ImageError(label, f"cannot read file ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageError(label, "empty file (0 bytes)")
+    return data
+
+
+def prepare_photo(data: bytes, budget: ImageBudget, label: str = "<bytes>",
+                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+                  ) -> tuple[Image.Image, tuple[float, float] | None]:
+    """The model's pixels (as `prepare_image` makes them) and the EXIF GPS (as `read_gps`
+    reads it) from one photo's bytes, opened once: with the content hash taken from the same
+    bytes, a photo is read from disk once. `label` (its path) names it in errors."""
+    image, label = _open_raw(data, max_pixels, label)
+    with image:
+        gps = _gps_of(image)
+        rgb = _decode(image, label)
+    try:
+        size = target_size(rgb.width, rgb.height, budget)
+    except ValueError as exc:
+        raise ImageError(label, str(exc)) from exc
+    return (rgb if size == rgb.size else rgb.resize(size, RESAMPLE)), gps

@@ -161,19 +161,27 @@ class LocateRunner:
 
     # -- preparation (worker thread)
     def _prepare(self, item: PhotoItem) -> _Prepared:
-        from geolocsft.images import prepare_image, read_gps
+        from geolocsft.images import prepare_photo, read_photo_bytes
 
         prepared = _Prepared(item)
         start = time.perf_counter()
         try:
-            sha = self.store.photo_sha256(item.path)
+            # One read per photo: the hash, the EXIF GPS and the pixels come from the same
+            # bytes. A photo the hash cache knows (same size and mtime) is not read at all
+            # unless it still has to be computed.
+            data = None
+            sha = self.store.cached_sha256(item.path)
+            if sha is None:
+                data = read_photo_bytes(item.path)
+                sha = self.store.photo_sha256(item.path, data)
             prepared.key = ResultKey(sha, self.model_sha256, self.prompt_version, self.settings_hash)
             existing = self.store.get(prepared.key)
             if existing is not None and existing.status == Status.DONE:
                 prepared.existing = existing
                 return prepared
-            prepared.image = prepare_image(item.path, self.budget)
-            prepared.truth = read_gps(item.path)
+            if data is None:
+                data = read_photo_bytes(item.path)
+            prepared.image, prepared.truth = prepare_photo(data, self.budget, str(item.path))
         except Exception as exc:  # any bad file is one error line; the batch goes on
             prepared.error = _error_text(exc, item.path)
         prepared.prepare_s = time.perf_counter() - start
@@ -410,14 +418,10 @@ class LocateRunner:
             result.place_country_code = place.country_code
 
 
-def _sum(values) -> float | int | None:
-    values = [v for v in values if v is not None]
-    return sum(values) if values else None
-
-
 def fill_from_locate(result: PhotoResult, located) -> None:
-    """Copy an engine LocateResult into a store row: every guess, the best point (consensus
-    with several samples, else the first parsed guess), its fields, summed timings."""
+    """Copy an engine LocateResult into a store row: every guess, the point and fields of the
+    guess `LocateResult.best` picks (the consensus's medoid with several samples, else the
+    first parsed guess), the consensus radius, the timings summed over the guesses."""
     guesses = list(located.guesses)
     outputs = []
     for guess in guesses:
@@ -431,20 +435,13 @@ def fill_from_locate(result: PhotoResult, located) -> None:
             "timings": _timings_dict(guess.timings),
         })
     result.outputs_json = json.dumps(outputs, ensure_ascii=False)
-    parsed_ok = [g for g in guesses if g.parsed.ok]
-    chosen = parsed_ok[0] if parsed_ok else (guesses[0] if guesses else None)
+    best = located.best
+    if best is not None:
+        result.latitude, result.longitude = located.point
     if located.consensus is not None:
-        lat, lon, radius = located.consensus
-        result.consensus_lat, result.consensus_lon = lat, lon
-        result.radius_km = round(float(radius), 3)
-        result.latitude, result.longitude = lat, lon
-        # The consensus is the medoid, i.e. one of the guesses: report that guess's fields.
-        for guess in parsed_ok:
-            if (guess.parsed.latitude, guess.parsed.longitude) == (lat, lon):
-                chosen = guess
-                break
-    elif chosen is not None and chosen.parsed.ok:
-        result.latitude, result.longitude = chosen.parsed.latitude, chosen.parsed.longitude
+        result.consensus_lat, result.consensus_lon = result.latitude, result.longitude
+        result.radius_km = round(float(located.radius_km), 3)
+    chosen = best or (guesses[0] if guesses else None)  # no answer: say why the first failed
     if chosen is not None:
         parsed = chosen.parsed
         result.parse_status = getattr(parsed.status, "value", str(parsed.status))
@@ -453,12 +450,13 @@ def fill_from_locate(result: PhotoResult, located) -> None:
         result.country = parsed.country or ""
         result.confidence = parsed.confidence
         result.analysis_json = json.dumps(parsed.analysis, ensure_ascii=False) if parsed.analysis else ""
-    timings = [g.timings for g in guesses]
-    for name in ("image_encode_s", "prompt_s", "generate_s", "prompt_tokens", "image_tokens",
-                 "generated_tokens"):
-        setattr(result, name, _sum(getattr(t, name, None) for t in timings))
-    if result.generated_tokens and result.generate_s:
-        result.tokens_per_s = round(result.generated_tokens / result.generate_s, 3)
+    if guesses:
+        total = located.timings
+        for name in ("image_encode_s", "prompt_s", "generate_s", "prompt_tokens", "image_tokens",
+                     "generated_tokens"):
+            setattr(result, name, getattr(total, name))
+        if total.generated_tokens and total.generate_s:
+            result.tokens_per_s = round(total.tokens_per_s, 3)
 
 
 def _timings_dict(timings) -> dict:

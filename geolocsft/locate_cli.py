@@ -12,9 +12,7 @@ import threading
 from pathlib import Path
 
 from geolocsft.cli import CliError
-
-DEFAULT_SAMPLED_TEMPERATURE = 0.7  # with --samples K > 1 and no --temperature
-EXPORT_FOLDER = "geolocsft-results"
+from geolocsft.workflow import DEFAULT_SAMPLED_TEMPERATURE, EXPORT_FOLDER
 
 
 def add_speed_options(group) -> None:
@@ -180,7 +178,8 @@ class ProgressBar:
 
 def handle(args) -> int:
     from geolocsft.engine import Engine, EngineError
-    from geolocsft.export import DEFAULT_FLAG_KM, ExportError, export_paths, summary_counts, write_exports
+    from geolocsft import workflow
+    from geolocsft.export import DEFAULT_FLAG_KM, ExportError
     from geolocsft.locate import LocateRunner, find_photos
     from geolocsft.store import ResultStore, StoreError, default_store_path
 
@@ -188,9 +187,7 @@ def handle(args) -> int:
         raise CliError("--samples must be at least 1")
     if args.in_place and not args.write_exif:
         raise CliError("--in-place only makes sense with --write-exif")
-    temperature = args.temperature
-    if temperature is None:
-        temperature = DEFAULT_SAMPLED_TEMPERATURE if args.samples > 1 else 0.0
+    temperature = workflow.default_temperature(args.temperature, args.samples)
     flag_km = DEFAULT_FLAG_KM if args.flag_km is None else args.flag_km
     bar = ProgressBar(sys.stderr, enabled=not args.quiet and sys.stderr.isatty())
 
@@ -210,8 +207,7 @@ def handle(args) -> int:
         raise CliError(str(exc)) from exc
     if not args.force:
         # Exports an earlier run wrote and nobody has touched since are ours to refresh.
-        blocking = [p for p in export_paths(out_dir)
-                    if p.exists() and not store.is_our_unchanged_export(p)]
+        blocking = workflow.foreign_exports(store, out_dir)
         if blocking:
             store.close()
             raise CliError(f"{blocking[0]} exists and was not written by this store's last "
@@ -253,11 +249,9 @@ def handle(args) -> int:
         for warning in summary.warnings:
             print(f"geolocsft: warning: {warning}", file=sys.stderr)
         try:
-            written = write_exports(results, out_dir, flag_km=flag_km, force=True)
+            written = workflow.export_results(results, out_dir, store, flag_km=flag_km)
         except ExportError as exc:
             raise CliError(str(exc)) from exc
-        for path in written:
-            store.record_export(path)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -266,8 +260,8 @@ def handle(args) -> int:
         store.close()
     tag_problems = _write_tags(args, summary, out_dir)
 
-    counts = summary_counts(results, flag_km)
-    skipped = summary.count("skipped")
+    counts = workflow.run_counts(summary, flag_km)
+    skipped = counts["skipped"]
     print(f"located {counts['located']} of {len(items)} photos"
           f" ({skipped} already in the store, {counts['unparsed']} without an answer,"
           f" {counts['errors']} errors) in {summary.elapsed_s:.1f} s", file=sys.stderr)
@@ -287,27 +281,26 @@ def _write_tags(args, summary, out_dir: Path) -> int:
     number of failures (skips with a reason are reported but are not failures)."""
     if not (args.xmp or args.write_exif):
         return 0
-    from geolocsft.export_xmp import write_exif_gps, write_sidecar
+    from geolocsft import workflow
 
+    located = [workflow.Located(o.item.path, o.item.relative, o.result)
+               for o in summary.outcomes if o.result is not None and o.result.has_point]
+    tagged = []
+    if args.xmp:
+        tagged.append(("xmp", workflow.write_sidecars(located, force=args.force)))
+    if args.write_exif:
+        targets = workflow.gps_copy_targets(located, out_dir / "with-gps", args.in_place)
+        tagged.append(("exif", workflow.write_gps_copies(targets, force=args.force)))
     failures = 0
     counts: dict[str, int] = {}
-    for outcome in summary.outcomes:
-        result = outcome.result
-        if result is None or not result.has_point:
-            continue
-        photo = outcome.item.path
-        tags = []
-        if args.xmp:
-            tags.append(("xmp", write_sidecar(photo, result, force=args.force)))
-        if args.write_exif:
-            target = photo if args.in_place else out_dir / "with-gps" / outcome.item.relative
-            tags.append(("exif", write_exif_gps(photo, target, result, force=args.force)))
-        for kind, tag in tags:
-            counts[f"{kind} {tag.action}"] = counts.get(f"{kind} {tag.action}", 0) + 1
+    for kind, outcomes in tagged:
+        for kind_action, n in workflow.tag_counts(outcomes, kind).items():
+            counts[kind_action] = counts.get(kind_action, 0) + n
+        for tag in outcomes:
             if tag.action in ("skipped", "error"):
                 reason = tag.message.removeprefix(f"{tag.path}: ")  # say the path once
                 print(f"geolocsft: {tag.path}: {kind} {tag.action}: {reason}", file=sys.stderr)
                 failures += tag.action == "error"
     if counts:
-        print("tags: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), file=sys.stderr)
+        print("tags: " + workflow.format_counts(counts), file=sys.stderr)
     return failures

@@ -291,14 +291,15 @@ class ResultStore:
             return row[2]
         return None
 
-    def photo_sha256(self, path: str | os.PathLike) -> str:
-        """The content hash of a photo, from the cache when size and mtime are unchanged."""
+    def photo_sha256(self, path: str | os.PathLike, data: bytes | None = None) -> str:
+        """The content hash of a photo, from the cache when size and mtime are unchanged.
+        `data`: the file's bytes when the caller has read them already (not read again)."""
         cached = self.cached_sha256(path)
         if cached:
             return cached
         path = os.path.abspath(path)
         stat = os.stat(path)
-        digest = sha256_file(path)
+        digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(path)
         with self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, sha256) VALUES (?,?,?,?)",

@@ -13,3 +13,19 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.network",
 ]
+
+# Fixtures that build or load a model (or the app bundle): a test that uses one, directly or
+# through another fixture, is `slow`. Marking by fixture, not by module, keeps the pure unit
+# tests of the same module in the fast suite (`pytest -m "not slow"`).
+MODEL_FIXTURES = {
+    "tiny_qwen_dir", "tiny_qwen_folder", "tiny_qwen_adapter",
+    "tiny_gemma_dir", "tiny_gemma_folder", "tiny_gemma_adapter", "bundle",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

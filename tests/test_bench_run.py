@@ -16,7 +16,7 @@ from geolocsft.cli import main
 from geolocsft.datasets import read_csv
 from geolocsft.engine import Engine, ModelSpec
 
-pytestmark = pytest.mark.slow
+# Tests that build or load a model are marked slow by tests/conftest.py (MODEL_FIXTURES).
 
 TRUTH = [("paris", 48.8566, 2.3522), ("tokyo", 35.6762, 139.6503), ("lima", -12.0464, -77.0428),
          ("nairobi", -1.2921, 36.8219), ("oslo", 59.9139, 10.7522)]

@@ -171,10 +171,10 @@ def test_benchmark_fills_live_cancels_resumes_and_matches_report(model_window, q
     save_screenshot(win, "window-benchmark")
 
     # Save the report elsewhere; never over existing files unasked.
-    saved = win.save_report_to(tmp_path / "saved")
+    saved = win.benchmarks.save_report_to(tmp_path / "saved")
     assert [p.name for p in saved] == list(REPORT_FILES)
     assert json.loads(saved[1].read_text()) == report
-    assert win.save_report_to(tmp_path / "saved", confirm_replace=lambda path: False) == []
+    assert win.benchmarks.save_report_to(tmp_path / "saved", confirm_replace=lambda path: False) == []
     assert "not replaced" in win.problems[-1]
 
 

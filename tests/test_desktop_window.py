@@ -118,7 +118,7 @@ def test_open_folder_thumbnails_preview_and_table(window, qtbot, photo_folder):
     broken = window.results.row(photo_folder / "e_broken.jpg")
     assert broken.status == RowStatus.ERROR and "e_broken.jpg" in broken.message
     # The first photo is selected: preview and the EXIF ground truth on the map.
-    qtbot.waitUntil(lambda: window._preview_image is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: window.photos.preview_image is not None, timeout=10_000)
     assert window.map.truth == pytest.approx((48.8584, 2.2945), abs=1e-4)
     assert window.map.prediction is None
     window.map.wait_for_levels()  # the finer basemap levels are prepared in the background
@@ -127,9 +127,9 @@ def test_open_folder_thumbnails_preview_and_table(window, qtbot, photo_folder):
 
     # The rotated photo previews upright (portrait).
     window.select_photo(photo_folder / "c_rotated.jpg")
-    qtbot.waitUntil(lambda: window._preview_path.endswith("c_rotated.jpg")
-                    and window._preview_image is not None
-                    and window._preview_image.height() > window._preview_image.width(),
+    qtbot.waitUntil(lambda: window.photos.preview_path.endswith("c_rotated.jpg")
+                    and window.photos.preview_image is not None
+                    and window.photos.preview_image.height() > window.photos.preview_image.width(),
                     timeout=10_000)
     icon = window.thumbs.icons[str(photo_folder / "c_rotated.jpg")]
     size = icon.availableSizes()[0]
@@ -266,6 +266,8 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     win.select_photo(photo_folder / "b_sydney.jpg")
     win.select_photo(photo_folder / "a_paris.jpg")
     assert win.reasoning.plain_text() == streamed
+    # Finished: the analysis reads as a report (when the model wrote one), raw text a click away.
+    assert win.reasoning.showing_report() == bool(paris.result.analysis)
     result = paris.result
     assert win.map.prediction == (result.latitude, result.longitude)
     marker = win.map.overlay_items("prediction")[0]
@@ -304,14 +306,21 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     assert "guesses within" in win.answer.confidence.text()
     save_screenshot(win, "window-guesses")
 
-    # Export writes the core's CSV/GeoJSON/KML and never replaces them unasked.
+    # Export writes the core's CSV/GeoJSON/KML, recorded in the store like the CLI's: its own
+    # exports are refreshed without a question (and `locate` would refresh them too), a file
+    # someone changed is never replaced unasked.
+    from geolocsft import workflow
+
     out = photo_folder.parent / "export"
-    written = win.export_to(out)
+    written = win.exports.export_to(out)
     assert [p.suffix for p in written] == [".csv", ".geojson", ".kml"]
     assert "a_paris.jpg" in written[0].read_text()
-    before = written[0].read_bytes()
-    assert win.export_to(out, confirm_replace=lambda path: False) == []
-    assert "not replaced" in win.problems[-1] and written[0].read_bytes() == before
+    assert workflow.foreign_exports(win.store, out) == []
+    assert win.exports.export_to(out, confirm_replace=lambda path: pytest.fail("ours")) == written
+    written[0].write_text("edited by hand\n")
+    assert win.exports.export_to(out, confirm_replace=lambda path: False) == []
+    assert "not replaced" in win.problems[-1]
+    assert written[0].read_text() == "edited by hand\n"
 
     # XMP sidecars from the app (as `locate --xmp`), read back with pyexiv2; an existing
     # sidecar is replaced only when the user says yes.
@@ -319,7 +328,7 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
 
     from geolocsft.export_xmp import parse_xmp_coordinate
 
-    tags = win.write_xmp_sidecars(confirm_replace=lambda existing: pytest.fail("nothing exists"))
+    tags = win.exports.write_xmp_sidecars(confirm_replace=lambda existing: pytest.fail("nothing exists"))
     located = [r for r in win.results.rows if r.result is not None and r.result.has_point]
     assert sorted(t.path.name for t in tags) == sorted(f"{r.path.name}.xmp" for r in located)
     assert {t.action for t in tags} == {"created"}
@@ -332,10 +341,10 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     sidecar = Path(str(located[0].path) + ".xmp")
     before = sidecar.read_bytes()
     asked = []
-    kept = win.write_xmp_sidecars(confirm_replace=lambda existing: asked.append(existing) or False)
+    kept = win.exports.write_xmp_sidecars(confirm_replace=lambda existing: asked.append(existing) or False)
     assert len(asked[0]) == len(located) and {t.action for t in kept} == {"skipped"}
     assert sidecar.read_bytes() == before
-    replaced = win.write_xmp_sidecars(confirm_replace=lambda existing: True)
+    replaced = win.exports.write_xmp_sidecars(confirm_replace=lambda existing: True)
     assert {t.action for t in replaced} == {"updated"}
 
     # EXIF GPS into copies (as `locate --write-exif`): originals untouched, a photo's own GPS
@@ -343,14 +352,14 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
     from geolocsft.images import read_gps
 
     originals = {row.path: row.path.read_bytes() for row in located}
-    assert win.write_exif_copies(photo_folder / "sub") == []
+    assert win.exports.write_exif_copies(photo_folder / "sub") == []
     assert "inside the photo folder" in win.problems[-1]
     copies = photo_folder.parent / "with-gps"
     copies.mkdir()
     victim = next(row.path.name for row in located if read_gps(row.path) is None)
     (copies / victim).write_bytes(b"someone else's file")
     asked = []
-    tags = {t.path.name: t for t in win.write_exif_copies(
+    tags = {t.path.name: t for t in win.exports.write_exif_copies(
         copies, confirm_replace=lambda existing: asked.append(existing) or False)}
     assert asked == [[copies / victim]]
     assert tags[victim].action == "skipped"
@@ -364,7 +373,7 @@ def test_run_streams_reasoning_marks_map_and_bad_row(model_window, qtbot, photo_
             assert read_gps(copies / row.path.name) == pytest.approx(
                 (row.result.latitude, row.result.longitude), abs=1e-5)
         assert row.path.read_bytes() == originals[row.path]
-    tags = {t.path.name: t for t in win.write_exif_copies(
+    tags = {t.path.name: t for t in win.exports.write_exif_copies(
         copies, confirm_replace=lambda existing: True)}
     assert tags[victim].action == "created"
     row = next(r for r in located if r.path.name == victim)
@@ -414,3 +423,50 @@ def test_cancel_stops_within_a_second(model_window, qtbot, photo_folder, tmp_pat
     assert summary.cancelled and len(summary.outcomes) < 8
     assert not win.running and win.locate_all_action.isEnabled()
     assert any(r.status == RowStatus.CANCELLED for r in win.results.rows)
+
+
+def test_the_app_shows_a_stores_results_for_the_chosen_model_at_once(qtbot, settings, tmp_path):
+    """The demo's hand-over (`geolocsft app PHOTOS --store S --model M`): results the store has
+    for that model fill the table and the map as soon as the folder opens, before (or without)
+    the model loading; here the model's GGUF is not even real, and its failure is one line."""
+    from geolocsft import protocol
+    from geolocsft.images import Family, default_budget
+    from geolocsft.locate import LocateRunner, find_photos
+    from geolocsft.manifest import Manifest, write_manifest
+    from geolocsft.store import ResultStore
+    from tests.fixtures.fake_engine import FakeEngine, answer_text, fake_spec
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    make_photo(folder / "a.jpg", 1)
+    make_photo(folder / "b.jpg", 2)
+    model = tmp_path / "demo-model"
+    model.mkdir()
+    (model / "model-Q8_0.gguf").write_bytes(b"not a real gguf")
+    (model / "mmproj-f16.gguf").write_bytes(b"not a real projector")
+    spec = fake_spec("demo")
+    write_manifest(model, Manifest(
+        name="demo-model", family=Family.QWEN25VL.value, base_model="tiny", quant="Q8_0",
+        model_file="model-Q8_0.gguf", mmproj_file="mmproj-f16.gguf",
+        prompt_version=protocol.PROMPT_VERSION,
+        image_budget=default_budget(Family.QWEN25VL).to_dict(),
+        files={"model-Q8_0.gguf": spec.model_sha256}))
+    store_path = tmp_path / "report" / "results.sqlite"
+    items, _ = find_photos([folder])
+    replies = {0: [answer_text(-33.87, 151.21, "Sydney")], 1: [answer_text(35.68, 139.69)]}
+    with ResultStore(store_path) as store:
+        LocateRunner(FakeEngine(script=lambda n, image: replies[n], spec=spec), store,
+                     places=False).run(items)
+
+    win = MainWindow(settings=settings, store_path=store_path, model=model)
+    qtbot.addWidget(win)
+    with qtbot.waitSignal(win.folderOpened, timeout=10_000):
+        win.open_folder(folder)
+    rows = {row.path.name: row for row in win.results.rows}
+    assert (rows["a.jpg"].result.latitude, rows["a.jpg"].result.longitude) == (-33.87, 151.21)
+    assert rows["a.jpg"].status == RowStatus.DONE and rows["b.jpg"].result.latitude == 35.68
+    assert sorted(win.map.result_points) == [(-33.87, 151.21), (35.68, 139.69)]
+    assert win.settings.last_model == str(model.resolve())
+    qtbot.waitUntil(lambda: win.model_label.text() == "model failed to load", timeout=10_000)
+    assert any("demo-model" in p or "gguf" in p.lower() for p in win.problems)
+    win.close()

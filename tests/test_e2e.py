@@ -3,7 +3,7 @@
     renders -> `geolocsft train sft` (LoRA on the tiny random model) -> `geolocsft convert all`
     (merge -> GGUF + mmproj -> Q8_0, Q4_K_M) -> engine via bench_run on held-out renders
 
-The build is `geolocsft.demo.build` (the demo shares it, cached and keyed by the code that
+The build is `demo.pipeline.build` (the demo shares it, cached and keyed by the code that
 makes it). The HF model's answers are the trainer's end-of-run evaluation (greedy generate).
 
 Both families carry the issue's bar: >= 90 % at 25 km through the Q8_0 GGUF and llama.cpp, and
@@ -53,7 +53,7 @@ def check_chain(built, evaluation, agree, compared, bar: float, out_dir) -> None
 @pytest.fixture(scope="module")
 def builds():
     """family -> its demo build, made (or read from the cache) on first use."""
-    from geolocsft import demo
+    from demo import pipeline as demo
 
     made = {}
 
@@ -71,7 +71,7 @@ def qwen_build(builds):
 
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "gemma3"])
 def test_learns_places_and_keeps_them_through_gguf(builds, family, tmp_path, record_property):
-    from geolocsft import demo
+    from demo import pipeline as demo
 
     built = builds(family)
     evaluation = demo.evaluate(built, tmp_path / "q8", "Q8_0")
@@ -87,7 +87,7 @@ def test_q4_k_m_is_built_and_recorded(builds, family, tmp_path, record_property)
     a 256-wide random model drifts far more than on a trained 3B (measured: Qwen 15/24 right,
     all parsed; Gemma 21/24, the other 3 repeated a syllable inside a string until the token
     limit)."""
-    from geolocsft import demo
+    from demo import pipeline as demo
 
     built = builds(family)
     evaluation = demo.evaluate(built, tmp_path / "q4", "Q4_K_M")
@@ -98,7 +98,8 @@ def test_q4_k_m_is_built_and_recorded(builds, family, tmp_path, record_property)
 
 def test_demo_command_prints_table_commands_and_writes_report(qwen_build, tmp_path, capsys):
     """The demo's default family is Qwen2.5-VL: the build the test above made."""
-    from geolocsft import cli, demo
+    from demo import pipeline as demo
+    from geolocsft import cli
 
     assert demo.DEFAULT_FAMILY == "qwen2.5-vl"
     out = tmp_path / "demo"
@@ -121,7 +122,7 @@ def test_a_failing_step_names_itself_and_its_log(tmp_path, monkeypatch):
     """A build whose training command fails (here: a LoRA rank of 0, refused by the trainer's
     config check) raises DemoError with the step, the exit code and the log's tail, and leaves
     no build folder behind, only the logs; a half-built folder a killed build left is cleared."""
-    from geolocsft import demo
+    from demo import pipeline as demo
 
     monkeypatch.setattr(demo, "cache_dir", lambda: tmp_path)
     monkeypatch.setitem(demo.SFT_FLAGS, "gemma3", demo.SFT_FLAGS["gemma3"] + ("--lora-rank", "0"))
@@ -146,7 +147,8 @@ def test_bench_command_on_the_trained_model_gives_known_answers(qwen_build, tmp_
 
     from geographiclib.geodesic import Geodesic
 
-    from geolocsft import cli, synthetic
+    from demo import synthetic
+    from geolocsft import cli
 
     out = tmp_path / "bench"
     held = qwen_build.heldout

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from geolocsft import protocol
+from geolocsft import geo, protocol
 from geolocsft.gguf_header import GGUFFormatError, read_gguf
 
 pytest.importorskip("llama_cpp")
 
 from geolocsft.engine import Engine, EngineError, LocateResult, ModelSpec  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# Tests that build or load a model are marked slow by tests/conftest.py (MODEL_FIXTURES).
 
 # Short generations keep the file fast; the random model rarely stops by itself.
 SHORT = 24
@@ -225,9 +225,12 @@ def test_several_guesses_give_a_consensus(qwen_grammar_engine, photos):
     assert [g.finish for g in result.guesses] == ["stop"] * 2
     assert all(g.parsed.ok for g in result.guesses)
     assert len({g.text for g in result.guesses}) > 1  # each guess has its own seed
-    lat, lon, radius = result.consensus
-    assert (lat, lon) in [(g.parsed.latitude, g.parsed.longitude) for g in result.guesses]
-    assert radius >= 0
+    index, lat, lon, radius = result.consensus
+    assert (lat, lon) == (result.parsed_guesses[index].parsed.latitude,
+                          result.parsed_guesses[index].parsed.longitude)
+    # Two guesses: the first is the medoid (ties go to the earliest), the radius the distance.
+    (a, b) = [(g.parsed.latitude, g.parsed.longitude) for g in result.guesses]
+    assert index == 0 and radius == pytest.approx(geo.distance_km(*a, *b))
     assert result.best.parsed.latitude == lat and result.radius_km == radius
     # Later guesses reuse the encoded image: no second image encode.
     assert result.guesses[1].timings.image_encode_s == 0
@@ -353,6 +356,7 @@ def test_model_folder_missing_its_projector(tiny_qwen_folder, tmp_path):
 # --------------------------------------------------------------------------- Gemma 3
 
 
+@pytest.mark.slow  # builds the tiny Gemma through request.getfixturevalue
 def test_gemma_locates_with_its_own_template(request, photos):
     spec = ModelSpec.from_folder(_gemma_folder(request))
     assert spec.family.value == "gemma3"

@@ -191,16 +191,16 @@ def test_out_of_range_or_nan_prediction_is_unparsed():
 def test_consensus_picks_the_medoid():
     paris = [(48.8566, 2.3522), (48.86, 2.34), (48.85, 2.36)]
     tokyo = (35.68, 139.69)
-    lat, lon, radius = consensus([tokyo, *paris])
+    index, lat, lon, radius = consensus([tokyo, *paris])
     # the medoid is the middle Paris guess; the spread is the median of its distances
     sums = {p: sum(distance_km(*p, *q) for q in [tokyo, *paris]) for p in paris}
     best = min(sums, key=sums.get)
-    assert (lat, lon) == best
+    assert (lat, lon) == best and [tokyo, *paris][index] == best
     others = sorted(distance_km(*best, *q) for q in [tokyo, *paris] if q != best)
     assert radius == pytest.approx(others[1])
-    assert consensus([(10.0, 20.0)]) == (10.0, 20.0, 0.0)
+    assert consensus([(10.0, 20.0)]) == (0, 10.0, 20.0, 0.0)
     # two guesses tie: the first wins
-    assert consensus([(1.0, 1.0), (2.0, 2.0)])[:2] == (1.0, 1.0)
+    assert consensus([(1.0, 1.0), (2.0, 2.0)]).index == 0
     with pytest.raises(ValueError):
         consensus([])
 

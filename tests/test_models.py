@@ -13,7 +13,7 @@ from geolocsft import catalog, manifest
 from geolocsft.cli import main
 from tests.fixtures.fake_hub import FakeHub, HubState
 
-pytestmark = pytest.mark.slow
+# Tests that build or load a model are marked slow by tests/conftest.py (MODEL_FIXTURES).
 
 REPO = "ggml-org/Tiny-VL-GGUF"
 

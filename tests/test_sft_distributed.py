@@ -75,6 +75,7 @@ def test_two_processes_equal_one_with_accumulation(tiny_gemma_dir, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # a subprocess that imports torch and transformers: ~15 s
 def test_world_size_mismatch_stops_the_run(tmp_path):
     data = make_dataset(tmp_path / "data", per_place=1)
     cmd = [sys.executable, "-m", "trainer.sft_cli",

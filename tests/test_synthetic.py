@@ -11,7 +11,8 @@ import random
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from geolocsft import datasets, geo, images, protocol, synthetic
+from demo import synthetic
+from geolocsft import datasets, geo, images, protocol
 from geolocsft.images import Family, ImageBudget
 
 
@@ -143,7 +144,7 @@ def test_bad_arguments_are_refused(tmp_path):
 
 def test_demo_photo_folder_is_refreshed_but_a_foreign_folder_is_refused(splits, tmp_path):
     from geolocsft.cli import CliError
-    from geolocsft.demo_cli import copy_photos
+    from demo.cli import copy_photos
 
     _, train, held = splits
     dest = copy_photos(held.folder, tmp_path / "photos")
@@ -162,7 +163,7 @@ def test_demo_photo_folder_is_refreshed_but_a_foreign_folder_is_refused(splits, 
 
 
 def test_demo_model_install_never_replaces_someone_elses_folder(tmp_path):
-    from geolocsft.demo_cli import INSTALL_MARKER, install_model
+    from demo.cli import INSTALL_MARKER, install_model
 
     built = tmp_path / "cache" / "demo-synthetic-gemma3-q8_0"
     built.mkdir(parents=True)
@@ -180,7 +181,7 @@ def test_demo_model_install_never_replaces_someone_elses_folder(tmp_path):
 
 
 def test_demo_cache_key_follows_the_recipe(monkeypatch):
-    from geolocsft import demo
+    from demo import pipeline as demo
 
     before = demo.build_key("gemma3")
     assert before == demo.build_key("gemma3") and before != demo.build_key("qwen2.5-vl")
@@ -188,3 +189,18 @@ def test_demo_cache_key_follows_the_recipe(monkeypatch):
     assert demo.build_key("gemma3") != before
     with pytest.raises(demo.DemoError, match="choose one of"):
         demo.build("llava")
+
+
+def test_demo_opens_the_app_on_its_own_results(tmp_path):
+    """The hand-over: the app gets the demo's photos, the report's results store and the
+    demo model, so it shows the answers instead of an empty table."""
+    from demo.cli import app_command
+    from geolocsft.bench_run import STORE_NAME
+    from geolocsft.cli import build_parser
+
+    command = app_command(tmp_path / "photos", tmp_path / "report", tmp_path / "model")
+    assert command[1:4] == ["-m", "geolocsft", "app"]
+    args = build_parser().parse_args(command[3:])
+    assert args.folder == str(tmp_path / "photos")
+    assert args.store == str(tmp_path / "report" / STORE_NAME)
+    assert args.model == str(tmp_path / "model")

@@ -1,6 +1,6 @@
 """The built-in demonstration: the whole pipeline on synthetic places, end to end.
 
-    synthetic renders (geolocsft.synthetic) -> `geolocsft train sft` (LoRA on the tiny random
+    synthetic renders (demo.synthetic) -> `geolocsft train sft` (LoRA on the tiny random
     Qwen2.5-VL or Gemma 3 from the converter's factory) -> `geolocsft convert all` (merge ->
     GGUF + mmproj -> Q8_0 / Q4_K_M) -> the engine through `bench_run` on held-out renders
 
@@ -20,15 +20,16 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from geolocsft import geo, synthetic
+from geolocsft import geo
 from geolocsft.fsutil import file_lock
 from geolocsft.paths import PROJECT_ROOT, cache_dir
+
+from demo import synthetic
 
 FAMILIES = ("qwen2.5-vl", "gemma3")
 # The seed's model family; both learn the task (docs/demo.md, "Results"), Gemma 3 in half the
@@ -59,7 +60,7 @@ TRAIN_SEED, HELDOUT_SEED = 0, 1
 EVAL_MAX_NEW_TOKENS = {"qwen2.5-vl": 256, "gemma3": 420}
 
 # Files whose content shapes the build: a change to any of them makes a new cache key.
-_KEY_SOURCES = ("geolocsft/synthetic.py", "geolocsft/protocol.py", "geolocsft/images.py",
+_KEY_SOURCES = ("demo/synthetic.py", "geolocsft/protocol.py", "geolocsft/images.py",
                 "geolocsft/manifest.py")
 _KEY_FOLDERS = ("trainer", "convert", "convert/families")
 _KEY_PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "llama-cpp-python")
@@ -219,35 +220,39 @@ def _build_into(work: Path, logs: Path, family: str, progress: Progress) -> dict
 def build(family: str = DEFAULT_FAMILY, progress: Progress = _print,
           rebuild: bool = False) -> DemoBuild:
     """The demo build for `family`, made once and cached (a concurrent caller waits for it)."""
+    # The converter's build-once cache (the demo sits above convert and may use it); imported
+    # here so `geolocsft demo` can still say which extras are missing when convert is absent.
+    from convert.cache import build_once
+
     if family not in FAMILIES:
         raise DemoError(f"family {family!r}: choose one of {', '.join(FAMILIES)}")
     parent = cache_dir() / "demo"
+    parent.mkdir(parents=True, exist_ok=True)
     final = parent / f"{family}-{build_key(family)}"
-    with file_lock(parent / f"{final.name}.lock"):
-        if rebuild and final.is_dir():
-            shutil.rmtree(final)
-        if not final.is_dir():
-            # Left by a build that was killed (SIGTERM/SIGKILL skip the cleanup below); no one
-            # else can be writing one: we hold this key's lock.
-            for stale in parent.glob(f"{final.name}.tmp-*"):
+    if rebuild:
+        with file_lock(parent / f"{final.name}.lock"):  # the lock build_once takes
+            shutil.rmtree(final, ignore_errors=True)
+
+    def fill(work: Path) -> None:
+        # Left by a build that was killed (SIGTERM/SIGKILL skip build_once's cleanup); no one
+        # else can be writing one: build_once holds this key's lock.
+        for stale in parent.glob(f"*{final.name}.tmp-*"):
+            if stale != work:
                 shutil.rmtree(stale, ignore_errors=True)
-            progress(f"[demo] building the {family} demo model once (cached in {final})")
-            work = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=parent))
-            logs = parent / f"{final.name}.logs"
-            shutil.rmtree(logs, ignore_errors=True)
-            logs.mkdir()
-            try:
-                started = time.monotonic()
-                info = _build_into(work, logs, family, progress)
-                info["build_s"] = round(time.monotonic() - started, 1)
-                (work / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
-                shutil.move(str(logs), work / "logs")
-                os.chmod(work, 0o755)
-                os.replace(work, final)
-            except BaseException:
-                shutil.rmtree(work, ignore_errors=True)  # the logs stay, for the error
-                raise
-            _prune(parent, family, final)
+        progress(f"[demo] building the {family} demo model once (cached in {final})")
+        logs = parent / f"{final.name}.logs"  # outlives a failed build: errors cite it
+        shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir()
+        started = time.monotonic()
+        info = _build_into(work, logs, family, progress)
+        info["build_s"] = round(time.monotonic() - started, 1)
+        (work / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        shutil.move(str(logs), work / "logs")
+
+    made = not final.is_dir()
+    build_once(final, fill)
+    if made:
+        _prune(parent, family, final)
     info = json.loads((final / BUILD_INFO).read_text(encoding="utf-8"))
     return DemoBuild(final, family, info)
 

@@ -1,6 +1,6 @@
 """`geolocsft demo`: the pipeline demonstration a new user runs first (see docs/demo.md).
 
-Registration stays cheap; the work is in `geolocsft.demo`, whose heavy steps run as
+Registration stays cheap; the work is in `demo.pipeline`, whose heavy steps run as
 subprocesses of the real `geolocsft train` and `geolocsft convert` commands.
 """
 
@@ -32,7 +32,7 @@ INSTALL_MARKER = ".geolocsft-demo"  # marks a folder the demo made (and may repl
 
 
 def register(subparsers) -> None:
-    from geolocsft.demo import DEFAULT_FAMILY, FAMILIES, QUANTS
+    from demo.pipeline import DEFAULT_FAMILY, FAMILIES, QUANTS
 
     p = subparsers.add_parser(
         "demo", help="pipeline demonstration on synthetic places (train, convert, locate)",
@@ -72,6 +72,7 @@ def copy_photos(src: Path, dest: Path) -> Path:
     """The held-out renders and their CSV as the user's demo folder. A copy from an older build
     is refreshed; a folder the demo did not make is never touched."""
     from geolocsft.cli import CliError
+    from geolocsft.fsutil import build_folder
 
     if dest.exists():
         if not (dest / INSTALL_MARKER).is_file():
@@ -80,33 +81,25 @@ def copy_photos(src: Path, dest: Path) -> Path:
             (dest / "photos.csv").read_bytes() == (src / "photos.csv").read_bytes())
         if same:
             return dest
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src / "images", tmp / "images")
-    shutil.copy2(src / "photos.csv", tmp / "photos.csv")
-    (tmp / INSTALL_MARKER).write_text("held-out renders copied by `geolocsft demo`\n")
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, dest)
+    with build_folder(dest, replace=True) as tmp:
+        shutil.copytree(src / "images", tmp / "images")
+        shutil.copy2(src / "photos.csv", tmp / "photos.csv")
+        (tmp / INSTALL_MARKER).write_text("held-out renders copied by `geolocsft demo`\n")
     return dest
 
 
 def install_model(folder: Path, root: Path) -> Path | None:
     """Put the demo model folder into the models folder so `locate` and the app find it by
     name. Replaces only a folder the demo itself installed; returns None when it cannot."""
+    from geolocsft.fsutil import build_folder
+
     dest = root / folder.name
     if dest.exists() and not (dest / INSTALL_MARKER).is_file():
         return None  # someone else's folder by that name: leave it alone
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".{folder.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(folder, tmp)
-        (tmp / INSTALL_MARKER).write_text("installed by `geolocsft demo`; safe to delete\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        with build_folder(dest, replace=True) as tmp:
+            shutil.copytree(folder, tmp, dirs_exist_ok=True)
+            (tmp / INSTALL_MARKER).write_text("installed by `geolocsft demo`; safe to delete\n")
     except OSError:
         return None
     return dest
@@ -115,7 +108,8 @@ def install_model(folder: Path, root: Path) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     import subprocess
 
-    from geolocsft import demo
+    from demo import pipeline as demo
+    from demo import synthetic
     from geolocsft.cli import CliError
     from geolocsft.engine import EngineError
     from geolocsft.paths import models_dir
@@ -143,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     agree, compared = demo.agreement(built, result.rows)
     info = built.info
     print(f"\nheld-out synthetic photos: {photos}  ({len(result.rows)} renders of "
-          f"{len(demo.synthetic.PLACES)} places, never seen in training)")
+          f"{len(synthetic.PLACES)} places, never seen in training)")
     print(f"model: {built.model(args.quant).name} (tiny {args.family}, LoRA SFT "
           f"{info.get('steps')} steps on {info.get('train')} renders)")
     print(result.scores.format_table())
@@ -158,6 +152,16 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(REAL_PHOTOS)
     if not args.no_app and display_present() and app_available():
-        print(f"\nopening the app on {photos} ...", flush=True)
-        return subprocess.call([sys.executable, "-m", "geolocsft", "app", str(photos)])
+        print(f"\nopening the app on {photos} with these results ...", flush=True)
+        return subprocess.call(app_command(photos, result.out_dir, installed or
+                                           built.model(args.quant)))
     return 0
+
+
+def app_command(photos: Path, report: Path, model: Path) -> list[str]:
+    """The app on the demo's photos, its results store and its model: the table and the map
+    show the answers the demo just computed, nothing to run again."""
+    from geolocsft.bench_run import STORE_NAME
+
+    return [sys.executable, "-m", "geolocsft", "app", str(photos),
+            "--store", str(Path(report) / STORE_NAME), "--model", str(model)]

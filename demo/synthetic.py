@@ -7,7 +7,7 @@ Renders vary position, scale, phase, colour, noise, JPEG quality and the EXIF or
 pattern), so every held-out render is a new image. Targets are written by a template per place
 in the core protocol's form; no API is involved.
 
-Pillow only: this is core code (no torch). Deterministic for a seed.
+Pillow only (no torch), so rendering the data is quick. Deterministic for a seed.
 """
 
 from __future__ import annotations
