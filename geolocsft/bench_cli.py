@@ -65,6 +65,9 @@ def register(subparsers) -> None:
     run.add_argument("--unparsed", choices=("miss", "origin"), default="miss")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=run_run)
+    from geolocsft.cli import extend_command
+
+    extend_command("bench run", run)
 
     compare = bench_sub.add_parser(
         "compare",
@@ -131,9 +134,12 @@ def run_run(args: argparse.Namespace) -> int:
     temperature = args.temperature
     if temperature is None:
         temperature = DEFAULT_SAMPLED_TEMPERATURE if args.samples > 1 else 0.0
+    # A part may run the photos elsewhere (cluster/: --ray); see locate_cli.handle.
+    backend = getattr(args, "backend", None)
     try:
-        engine = Engine(spec, **{k: v for k, v in (("n_threads", args.threads),
-                                                   ("max_tokens", args.max_tokens)) if v})
+        engine = (backend.open_engine if backend else Engine)(
+            spec, **{k: v for k, v in (("n_threads", args.threads),
+                                       ("max_tokens", args.max_tokens)) if v})
     except EngineError as exc:
         raise CliError(str(exc)) from exc
     bar = ProgressBar(sys.stderr, enabled=not args.quiet and sys.stderr.isatty())
@@ -148,7 +154,7 @@ def run_run(args: argparse.Namespace) -> int:
             samples, engine, out, dataset=args.dataset, images_root=args.images,
             samples_k=args.samples, temperature=temperature, strict=args.strict,
             unparsed=args.unparsed, on_progress=bar.update, on_outcome=on_outcome,
-            cancel=cancel)
+            cancel=cancel, runner_class=backend.runner if backend else None)
     except KeyboardInterrupt:
         bar.clear()
         print("geolocsft: interrupted; rerun the same command to continue", file=sys.stderr)
