@@ -219,7 +219,7 @@ class RayBackend:
     """Set on the CLI's args by cluster.cli: the core's locate/bench handlers call open_engine
     and runner instead of Engine and LocateRunner."""
 
-    def __init__(self, options: ClusterOptions, *, report=sys.stderr):
+    def __init__(self, options: ClusterOptions, *, report: bool = True):
         self.options = options
         self.report = report
         self.engine: ClusterEngine | None = None
@@ -235,8 +235,8 @@ class RayBackend:
 
     def finish(self) -> None:
         """Per-actor throughput after the run (the core handler printed its summary)."""
-        if self.engine is not None and self.report is not None:
+        if self.engine is not None and self.report:
             for line in self.engine.stats.table():
-                print(f"ray: {line}", file=self.report)
+                print(f"ray: {line}", file=sys.stderr)
         if self.engine is not None:
             self.engine.close()
