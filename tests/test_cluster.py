@@ -247,3 +247,34 @@ def test_bench_run_through_ray_writes_the_same_predictions(tmp_path, tiny_qwen_f
     assert "5 photos (5 run now, 0 from the store, 0 errors)" in out
     one = (tmp_path / "one" / "predictions.csv").read_text()
     assert one == (tmp_path / "ray" / "predictions.csv").read_text() and one.count("\n") == 6
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_what_is_stored(tmp_path, tiny_qwen_folder, ray_cluster):
+    folder = tmp_path / "batch"
+    for i in range(24):
+        photo(folder / f"c{i:02d}.jpg", 600 + i)
+    store = tmp_path / "s.sqlite"
+    args = [sys.executable, "-c", KILL_SCRIPT, "locate", str(folder), "--model", str(tiny_qwen_folder),
+            "--store", str(store), "--out", str(tmp_path / "out"), "--quiet", "--no-places",
+            "--no-grammar", "--max-tokens", "24", "--actors", "2", "--ray", ray_cluster]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if store.exists() and len(rows_by_photo(store)) >= 3:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rows = rows_by_photo(store)
+    assert proc.returncode == 130, err
+    assert "cancelled; rerun the same command to continue" in err
+    assert 3 <= len(rows) < 24 and all(r["status"] == "done" for r in rows.values())
+    db = sqlite3.connect(store)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
