@@ -153,7 +153,8 @@ class ClusterEngine:
         context.execution_options.preserve_order = False  # rows come back as they finish
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         ds = ds.map(prepare_photo, fn_kwargs={"budget": self.spec.budget.to_dict(), "done": done},
-                    num_cpus=0, compute=ray.data.TaskPoolStrategy(size=PREPARE_PER_ACTOR * self.actors))
+                    num_cpus=0,
+                    compute=ray.data.TaskPoolStrategy(size=PREPARE_PER_ACTOR * self.actors))
         return ds.map(LocateActor,
                       fn_constructor_kwargs={"spec": self.spec, "engine_kwargs": self.engine_kwargs,
                                              "samples": samples, "temperature": temperature},
@@ -170,7 +171,8 @@ class ClusterEngine:
         flight are dropped). A retried task may deliver a photo twice: the caller dedupes."""
         done = frozenset(done_hashes)  # Ray Data ships it once per stage, not per photo
         for start in range(0, len(items), WINDOW):
-            window = [{"path": str(i.path), "root": str(i.root)} for i in items[start:start + WINDOW]]
+            window = [{"path": str(i.path), "root": str(i.root)}
+                      for i in items[start:start + WINDOW]]
             ds = self._dataset(window, done, samples, temperature)
             if not (yield from _drain(ds, cancel)):
                 return

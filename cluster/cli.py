@@ -48,7 +48,8 @@ def make_backend(args):
         import ray  # noqa: F401
         import ray.data  # noqa: F401
     except ImportError:
-        raise CliError("--ray needs Ray: install the cluster extra, pip install -e '.[cluster]'") from None
+        raise CliError("--ray needs Ray: install the cluster extra, "
+                       "pip install -e '.[cluster]'") from None
     from cluster.backend import ClusterOptions, RayBackend
 
     if args.actors is not None and args.actors < 1:

@@ -100,7 +100,8 @@ class LocateActor:
         row["worker"], row["settings_hash"] = self.name, self.settings_hash
         if row["skip"] or row["error"]:
             return row
-        image = Image.frombytes("RGB", (int(row["width"]), int(row["height"])), bytes(row["pixels"]))
+        size = (int(row["width"]), int(row["height"]))
+        image = Image.frombytes("RGB", size, bytes(row["pixels"]))
         row["pixels"] = b""  # the driver does not need the pixels back
         start = time.perf_counter()
         try:

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from geolocsft.cli import extend_command
+
 
 def register(subparsers) -> None:
     bench = subparsers.add_parser("bench", help="score predictions and run benchmarks",
@@ -65,8 +67,6 @@ def register(subparsers) -> None:
     run.add_argument("--unparsed", choices=("miss", "origin"), default="miss")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=run_run)
-    from geolocsft.cli import extend_command
-
     extend_command("bench run", run)
 
     compare = bench_sub.add_parser(

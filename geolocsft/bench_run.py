@@ -99,9 +99,10 @@ def run_benchmark(samples: list[datasets.Sample], engine, out_dir: Path, *, data
         by_path.setdefault(path, []).append(sample)
     outcomes: dict[Path, PhotoOutcome] = {}
     with ResultStore(out_dir / STORE_NAME) as store:
-        runner = (runner_class or LocateRunner)(engine, store, samples=samples_k, temperature=temperature,
-                              places=False, on_progress=on_progress, on_outcome=on_outcome,
-                              on_token=on_token, on_guess=on_guess, cancel=cancel)
+        runner = (runner_class or LocateRunner)(
+            engine, store, samples=samples_k, temperature=temperature, places=False,
+            on_progress=on_progress, on_outcome=on_outcome, on_token=on_token,
+            on_guess=on_guess, cancel=cancel)
         summary = runner.run(items)
         for outcome in summary.outcomes:
             outcomes[outcome.item.path] = outcome

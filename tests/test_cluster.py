@@ -31,7 +31,8 @@ def test_ray_without_the_extra_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees without the extra
     assert main(["locate", str(tmp_path / "p.jpg"), "--model", "m", "--ray"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "geolocsft: error: --ray needs Ray: install the cluster extra, pip install -e '.[cluster]'"
+    assert err == ("geolocsft: error: --ray needs Ray: install the cluster extra, "
+                   "pip install -e '.[cluster]'")
     assert main(["locate", str(tmp_path / "p.jpg"), "--model", "m", "--actors", "2"]) == 2
     assert "--actors needs --ray" in capsys.readouterr().err
 
@@ -96,9 +97,11 @@ def test_forty_photos_through_ray_give_the_rows_of_single_process_locate(
         photo(folder / f"p{i:02d}.jpg", 200 + i)
     # Bad files mixed in: one error row each, the run goes on.
     (folder / "zero.jpg").write_bytes(b"")
-    (folder / "corrupt.jpg").write_bytes(photo(tmp_path / "c.jpg", 7, size=(256, 256)).read_bytes()[:500])
+    whole = photo(tmp_path / "c.jpg", 7, size=(256, 256)).read_bytes()
+    (folder / "corrupt.jpg").write_bytes(whole[:500])
     (folder / "notes.png").write_bytes(b"plain text, not a picture\n" * 20)
-    common = ["locate", str(folder), "--model", str(tiny_qwen_folder), "--quiet", "--no-places", *FAST]
+    common = ["locate", str(folder), "--model", str(tiny_qwen_folder), "--quiet", "--no-places",
+              *FAST]
 
     assert main([*common, "--store", str(tmp_path / "one.sqlite"), "--out", str(tmp_path / "one"),
                  "--threads", "1"]) == 1
@@ -111,7 +114,8 @@ def test_forty_photos_through_ray_give_the_rows_of_single_process_locate(
     assert len(workers) == 2 and sum(int(w.split(": ")[2].split()[0]) for w in workers) == 40
     assert "ms per photo" in err
 
-    single, clustered = rows_by_photo(tmp_path / "one.sqlite"), rows_by_photo(tmp_path / "ray.sqlite")
+    single = rows_by_photo(tmp_path / "one.sqlite")
+    clustered = rows_by_photo(tmp_path / "ray.sqlite")
     assert sorted(single) == sorted(clustered) and len(single) == 43
     for path, row in single.items():
         other = clustered[path]
@@ -123,7 +127,9 @@ def test_forty_photos_through_ray_give_the_rows_of_single_process_locate(
     assert sorted(errors) == ["corrupt.jpg", "notes.png", "zero.jpg"]
     assert all(str(folder) in message for message in errors.values())
     # The exports are the single-machine code: same rows apart from timings.
-    keep = lambda rows: [{k: v for k, v in r.items() if k not in VARYING} for r in rows]  # noqa: E731
+    def keep(rows):
+        return [{k: v for k, v in r.items() if k not in VARYING} for r in rows]
+
     assert keep(read_csv(tmp_path / "one" / "geolocsft.csv")) == \
            keep(read_csv(tmp_path / "ray" / "geolocsft.csv"))
 
@@ -186,7 +192,8 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_killed_driver_rerun_computes_only_the_missing_photos(tmp_path, tiny_qwen_folder, ray_cluster):
+def test_killed_driver_rerun_computes_only_the_missing_photos(tmp_path, tiny_qwen_folder,
+                                                               ray_cluster):
     folder = tmp_path / "batch"
     for i in range(24):
         photo(folder / f"d{i:02d}.jpg", 400 + i)
