@@ -63,18 +63,22 @@ def ray_pool(actors: int) -> tuple[float, float]:
     """Wall s (settings probe and every actor's model load included) and driver ms/photo."""
     start = time.perf_counter()
     engine = ClusterEngine(spec, ClusterOptions(actors=actors, threads_per_actor=1), engine_kwargs)
-    with ResultStore(tmp / f"ray-{time.monotonic_ns()}.sqlite") as store:
-        summary = RayLocateRunner(engine, store, places=False).run(items)
+    try:
+        with ResultStore(tmp / f"ray-{time.monotonic_ns()}.sqlite") as store:
+            summary = RayLocateRunner(engine, store, places=False).run(items)
+    finally:
+        engine.close()  # not owned: the pool's actors go when their dataset ends
     wall = time.perf_counter() - start
-    engine.close()
     assert summary.count("computed") == n, [o.message for o in summary.outcomes if o.message][:3]
     return wall, 1000 * engine.stats.driver_s / max(engine.stats.rows, 1)
 
 
-for actors in (1, 2):
-    wall, driver_ms = min(ray_pool(actors) for _ in range(REPEATS))
-    rows.append((f"--ray, {actors} actor{'s' * (actors > 1)} x 1 thread", wall, driver_ms))
-ray.shutdown()
+try:  # Ray started here must stop here, also on Ctrl-C
+    for actors in (1, 2):
+        wall, driver_ms = min(ray_pool(actors) for _ in range(REPEATS))
+        rows.append((f"--ray, {actors} actor{'s' * (actors > 1)} x 1 thread", wall, driver_ms))
+finally:
+    ray.shutdown()
 
 print(f"{n} photos {size[0]}x{size[1]} JPEG, tiny Qwen2.5-VL Q8_0, no grammar, {max_tokens} tokens "
       f"per photo, {os.cpu_count()} CPUs shared with other work (load average "
