@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from geolocsft.locate_cli import add_speed_options, speed_kwargs
+from geolocsft.cli import extend_command
 
 
 def register(subparsers) -> None:
@@ -68,6 +69,7 @@ def register(subparsers) -> None:
     run.add_argument("--unparsed", choices=("miss", "origin"), default="miss")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=run_run)
+    extend_command("bench run", run)
 
     compare = bench_sub.add_parser(
         "compare",
@@ -133,9 +135,12 @@ def run_run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     out = args.out or Path("runs") / f"bench-{args.dataset}-{spec.name}"
     temperature = default_temperature(args.temperature, args.samples)
+    # A part may run the photos elsewhere (cluster/: --ray); see locate_cli.handle.
+    backend = getattr(args, "backend", None)
     try:
         options = {"n_threads": args.threads, "max_tokens": args.max_tokens, **speed_kwargs(args)}
-        engine = Engine(spec, **{k: v for k, v in options.items() if v is not None})
+        engine = (backend.open_engine if backend else Engine)(
+            spec, **{k: v for k, v in options.items() if v is not None})
     except EngineError as exc:
         raise CliError(str(exc)) from exc
     bar = ProgressBar(sys.stderr, enabled=not args.quiet and sys.stderr.isatty())
@@ -150,7 +155,7 @@ def run_run(args: argparse.Namespace) -> int:
             samples, engine, out, dataset=args.dataset, images_root=args.images,
             samples_k=args.samples, temperature=temperature, strict=args.strict,
             unparsed=args.unparsed, on_progress=bar.update, on_outcome=on_outcome,
-            cancel=cancel)
+            cancel=cancel, runner_class=backend.runner if backend else None)
     except KeyboardInterrupt:
         bar.clear()
         print("geolocsft: interrupted; rerun the same command to continue", file=sys.stderr)

@@ -85,7 +85,9 @@ def run_benchmark(samples: list[datasets.Sample], engine, out_dir: Path, *, data
                   on_progress: Callable[[Progress], None] | None = None,
                   on_outcome: Callable[[PhotoOutcome], None] | None = None,
                   on_token=None, on_guess=None, cancel=None,
-                  extra_record: dict | None = None) -> BenchResult:
+                  extra_record: dict | None = None, runner_class=None) -> BenchResult:
+    """runner_class: what runs the photos (default LocateRunner in this process; cluster/
+    passes its Ray runner, which takes the same arguments)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     by_path: dict[Path, list[datasets.Sample]] = {}
@@ -97,9 +99,10 @@ def run_benchmark(samples: list[datasets.Sample], engine, out_dir: Path, *, data
         by_path.setdefault(path, []).append(sample)
     outcomes: dict[Path, PhotoOutcome] = {}
     with ResultStore(out_dir / STORE_NAME) as store:
-        runner = LocateRunner(engine, store, samples=samples_k, temperature=temperature,
-                              places=False, on_progress=on_progress, on_outcome=on_outcome,
-                              on_token=on_token, on_guess=on_guess, cancel=cancel)
+        runner = (runner_class or LocateRunner)(
+            engine, store, samples=samples_k, temperature=temperature, places=False,
+            on_progress=on_progress, on_outcome=on_outcome, on_token=on_token,
+            on_guess=on_guess, cancel=cancel)
         summary = runner.run(items)
         for outcome in summary.outcomes:
             outcomes[outcome.item.path] = outcome

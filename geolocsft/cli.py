@@ -22,9 +22,28 @@ COMMAND_MODULES = [
     "demo.cli",
 ]
 
+# Parts that add options to core commands (cluster/ adds --ray to `locate` and `bench run`).
+# Each has `extend(command, parser)`, called after the command set its own options and handler;
+# it may wrap that handler. A part that is not installed is skipped, like COMMAND_MODULES.
+OPTION_MODULES = [
+    "cluster.cli",
+]
+
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+def extend_command(command: str, parser: argparse.ArgumentParser) -> None:
+    """Let the parts in OPTION_MODULES add their options to a core command's parser."""
+    for name in OPTION_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):  # the part itself is absent
+                continue
+            raise
+        module.extend(command, parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

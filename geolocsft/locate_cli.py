@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from geolocsft.cli import CliError
+from geolocsft.cli import CliError, extend_command
 from geolocsft.workflow import DEFAULT_SAMPLED_TEMPERATURE, EXPORT_FOLDER
 
 
@@ -75,6 +75,7 @@ def register(subparsers) -> None:
     out.add_argument("--no-places", action="store_true", help="skip offline place names")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=handle)
+    extend_command("locate", p)
 
 
 # ---------------------------------------------------------------- model and folders
@@ -219,8 +220,13 @@ def handle(args) -> int:
         "n_threads": args.threads, "n_ctx": args.ctx, "max_tokens": args.max_tokens,
         "grammar": args.grammar, **speed_kwargs(args),
     }.items() if v is not None}
+    # A part may run the photos elsewhere (cluster/: --ray): it sets args.backend, an object
+    # with open_engine(spec, **engine_kwargs) and runner(engine, store, **LocateRunner kwargs).
+    backend = getattr(args, "backend", None)
+    open_engine = backend.open_engine if backend else Engine
+    make_runner = backend.runner if backend else LocateRunner
     try:
-        engine = Engine(spec, **engine_kwargs)
+        engine = open_engine(spec, **engine_kwargs)
     except EngineError as exc:
         store.close()
         raise CliError(str(exc)) from exc
@@ -240,7 +246,7 @@ def handle(args) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
     try:
-        runner = LocateRunner(engine, store, samples=args.samples, temperature=temperature,
+        runner = make_runner(engine, store, samples=args.samples, temperature=temperature,
                               places=not args.no_places, on_progress=bar.update,
                               on_outcome=on_outcome, cancel=cancel)
         summary = runner.run(items)

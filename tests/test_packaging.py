@@ -93,7 +93,8 @@ def test_bundle_holds_the_app_and_nothing_of_the_trainer(bundle):
     assert {"geolocsft.engine", "desktop.main_window", "desktop.selftest", "llama_cpp.mtmd_cpp",
             "reverse_geocode", "pyexiv2"} <= modules
     assert not {m for m in modules if m.split(".")[0] in ("torch", "transformers", "peft",
-                                                          "trl", "trainer", "convert")}
+                                                          "trl", "trainer", "convert",
+                                                          "ray", "cluster")}
     for name in ("libllama.so", "libmtmd.so", "libggml-cpu.so", "libggml-base.so"):
         assert (internal / "llama_cpp" / "lib" / name).exists(), name
     # Portable CPU baseline: no AVX-512 instruction (zmm registers) in llama.cpp's CPU backend.
