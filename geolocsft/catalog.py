@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from geolocsft import images, protocol
+from geolocsft.fsutil import create_temp_dir, fsync_dir
 from geolocsft.gguf_header import GGUFFormatError, read_gguf
 from geolocsft.manifest import (
     Manifest,
@@ -205,9 +206,7 @@ def import_model(gguf: str | os.PathLike, mmproj: str | os.PathLike, *, name: st
     if final.exists():
         raise CatalogError(f"{final}: already exists; choose another --name or remove it")
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = create_temp_dir(root, name)  # never a folder or symlink planted under a known name
     model_file, mmproj_file = f"model-{quant}.gguf", f"mmproj-{mm_type.lower()}.gguf"
     try:
         place = shutil.move if move else shutil.copyfile
@@ -223,7 +222,9 @@ def import_model(gguf: str | os.PathLike, mmproj: str | os.PathLike, *, name: st
             created=now_utc(), notes=list(notes or []),
         )
         write_manifest(staging, manifest)
+        fsync_dir(staging)
         os.replace(staging, final)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -12,11 +12,21 @@ import io
 import math
 import os
 import threading
+import warnings
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
 from PIL import Image, ImageOps
+
+from geolocsft.fsutil import not_a_regular_file
+
+# Pillow warns on odd files ("Corrupt EXIF data", "Truncated File Read", "Metadata Warning",
+# palette transparency...) straight to the terminal, once per photo of a seized folder. The
+# pixels are what matter: a file that cannot be decoded becomes its one-line ImageError; the
+# rest are noise. (The pixel cap is ours, so Pillow's bomb warning is redundant too.)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # Pixel cap for decoding (the decompression-bomb guard). 200 MP lets 200 MP phone photos
 # through; anything larger is almost always a crafted or broken file.
@@ -171,6 +181,9 @@ def _open_raw(source, max_pixels: int):
             raise ImageError(label, "file not found")
         if path.is_dir():
             raise ImageError(label, "is a folder, not an image file")
+        why = not_a_regular_file(path)
+        if why:  # a FIFO named x.jpg would block the open forever
+            raise ImageError(label, why)
         if path.stat().st_size == 0:
             raise ImageError(label, "empty file (0 bytes)")
         fp = label

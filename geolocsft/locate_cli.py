@@ -15,6 +15,7 @@ from geolocsft.cli import CliError
 
 DEFAULT_SAMPLED_TEMPERATURE = 0.7  # with --samples K > 1 and no --temperature
 EXPORT_FOLDER = "geolocsft-results"
+COPIES_FOLDER = "with-gps"  # --write-exif copies, under the export folder
 
 
 def register(subparsers) -> None:
@@ -80,29 +81,9 @@ def resolve_model(args):
         raise CliError(str(exc)) from exc
 
 
-def folder_is_writable(folder: Path) -> bool:
-    """Probe by writing, not os.access: that lies for root, read-only mounts and some ACLs.
-    A folder that does not exist yet is probed in its nearest existing parent, so a failed
-    run leaves no empty folder behind."""
-    probe_in = folder
-    while not probe_in.exists():
-        if probe_in.parent == probe_in:
-            return False
-        probe_in = probe_in.parent
-    if not probe_in.is_dir():
-        return False
-    probe = probe_in / f".geolocsft-probe-{os.getpid()}"
-    try:
-        with open(probe, "wb"):
-            pass
-        probe.unlink()
-        return True
-    except OSError:
-        return False
-
-
 def choose_out_dir(args, first_root: Path) -> tuple[Path, str]:
     """The export folder and a message when it is not where the user would look first."""
+    from geolocsft.fsutil import folder_is_writable
     from geolocsft.paths import data_dir
 
     if args.out:
@@ -175,7 +156,9 @@ def handle(args) -> int:
     flag_km = DEFAULT_FLAG_KM if args.flag_km is None else args.flag_km
     bar = ProgressBar(sys.stderr, enabled=not args.quiet and sys.stderr.isatty())
 
-    items, problems = find_photos(args.paths)
+    # Our own outputs (the export folder and its EXIF-GPS copies) are never input.
+    own_out = [args.out, os.path.join(args.out, COPIES_FOLDER)] if args.out else []
+    items, problems = find_photos(args.paths, exclude=own_out)
     for line in problems:
         bar.say(f"geolocsft: {line}")
     if not items:
@@ -183,6 +166,10 @@ def handle(args) -> int:
 
     # Everything that can fail cheaply fails before the model loads.
     out_dir, out_message = choose_out_dir(args, items[0].root)
+    own = [out_dir, out_dir / COPIES_FOLDER]
+    items = [i for i in items if not any(_inside(i.path, f) and not _inside(i.root, f) for f in own)]
+    if not items:
+        raise CliError(f"no photos found outside the export folder {out_dir}")
     spec = resolve_model(args)
     store_path = Path(args.store) if args.store else default_store_path()
     try:
@@ -263,6 +250,11 @@ def handle(args) -> int:
     return 1 if (counts["errors"] or tag_problems) else 0
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    real, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return folder == real or folder in real.parents
+
+
 def _write_tags(args, summary, out_dir: Path) -> int:
     """XMP sidecars and EXIF GPS; one line per photo that could not be tagged. Returns the
     number of failures (skips with a reason are reported but are not failures)."""
@@ -281,8 +273,9 @@ def _write_tags(args, summary, out_dir: Path) -> int:
         if args.xmp:
             tags.append(("xmp", write_sidecar(photo, result, force=args.force)))
         if args.write_exif:
-            target = photo if args.in_place else out_dir / "with-gps" / outcome.item.relative
-            tags.append(("exif", write_exif_gps(photo, target, result, force=args.force)))
+            target = photo if args.in_place else out_dir / COPIES_FOLDER / outcome.item.relative
+            tags.append(("exif", write_exif_gps(photo, target, result, force=args.force,
+                                                in_place=args.in_place)))
         for kind, tag in tags:
             counts[f"{kind} {tag.action}"] = counts.get(f"{kind} {tag.action}", 0) + 1
             if tag.action in ("skipped", "error"):
