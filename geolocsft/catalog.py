@@ -24,6 +24,7 @@ from geolocsft.manifest import (
     checksum_files,
     now_utc,
     read_manifest,
+    remember_sha256,
     write_manifest,
 )
 from geolocsft.paths import PROJECT_ROOT, models_dir
@@ -225,6 +226,7 @@ def import_model(gguf: str | os.PathLike, mmproj: str | os.PathLike, *, name: st
         fsync_dir(staging)
         os.replace(staging, final)
         fsync_dir(root)
+        remember_sha256(final / model_file, manifest.files[model_file])  # no re-read on load
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

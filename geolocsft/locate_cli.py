@@ -215,7 +215,10 @@ def handle(args) -> int:
         runner = LocateRunner(engine, store, samples=args.samples, temperature=temperature,
                               places=not args.no_places, on_progress=bar.update,
                               on_outcome=on_outcome, cancel=cancel)
-        summary = runner.run(items)
+        try:
+            summary = runner.run(items)
+        except StoreError as exc:  # lock held elsewhere, disk full: what is stored stays
+            raise CliError(f"{exc}; the photos done so far are kept, rerun to continue") from exc
         bar.clear()
         results = summary.results
         for warning in summary.warnings:

@@ -266,8 +266,8 @@ class ResultStore:
         if "locked" in text or "busy" in text:
             why = (f"another program holds the store's write lock ({text}); close the other "
                    "geolocsft run or app, or use --store FILE")
-        elif "full" in text:
-            why = f"disk full ({text}); free space and rerun to continue"
+        elif "full" in text or "I/O" in text:
+            why = f"{text} (disk full or failing?); free space and rerun to continue"
         else:
             why = text
         return StoreError(f"{self.path}: {doing}: {why}")
