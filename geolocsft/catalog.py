@@ -17,7 +17,7 @@ from pathlib import Path
 
 from geolocsft import images, protocol
 from geolocsft.fsutil import create_temp_dir, fsync_dir
-from geolocsft.gguf_header import GGUFFormatError, read_gguf
+from geolocsft.gguf_header import GGUFFormatError, Keys, read_gguf
 from geolocsft.manifest import (
     Manifest,
     ManifestError,
@@ -178,7 +178,7 @@ def gguf_quant(path: Path) -> tuple[str, object]:
         info = read_gguf(path)
     except GGUFFormatError as exc:
         raise CatalogError(str(exc)) from None
-    file_type = info.get("general.file_type")
+    file_type = info.get(Keys.General.FILE_TYPE)
     return FILE_TYPES.get(file_type, f"type{file_type}" if file_type is not None else "F32"), info
 
 
@@ -215,7 +215,7 @@ def import_model(gguf: str | os.PathLike, mmproj: str | os.PathLike, *, name: st
         place(mmproj, staging / mmproj_file)
         manifest = Manifest(
             name=name, family=family,
-            base_model=base_model or str(info.get("general.name") or gguf.name),
+            base_model=base_model or str(info.get(Keys.General.NAME) or gguf.name),
             quant=quant, model_file=model_file, mmproj_file=mmproj_file,
             prompt_version=prompt_version,
             image_budget=(budget or images.default_budget(family)).to_dict(),
