@@ -40,6 +40,8 @@ class Manifest:
     llama_cpp_commit: str | None = None  # llama.cpp commit that release vendors, if known
     created: str = ""  # ISO 8601 UTC
     notes: list[str] = field(default_factory=list)  # e.g. K-quant fallbacks
+    # Where a pulled build came from: {"repo", "revision", "commit" (resolved), "files"}.
+    source: dict | None = None
     manifest_version: int = MANIFEST_VERSION
 
     def to_dict(self) -> dict:
