@@ -120,3 +120,49 @@ def test_offline_mode_is_named(models, capsys, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     line = pull_line(capsys, "http://127.0.0.1:9")
     assert "HF_HUB_OFFLINE" in line and "geolocsft models import" in line
+
+
+def test_train_caption_without_network_is_one_final_line(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("anthropic")
+    from PIL import Image
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-offline")
+    for name in ("ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(pool / "a.jpg")
+    Image.new("RGB", (64, 48), (30, 20, 10)).save(pool / "b.jpg")
+    picks = pool / "picks.csv"
+    picks.write_text(f"id,image,lat,lon\na,{pool / 'a.jpg'},48.85,2.35\nb,{pool / 'b.jpg'},35.68,139.69\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "captions.jsonl"
+    code = main(["train", "caption", str(picks), "--out", str(out), "--base-url",
+                 f"http://127.0.0.1:{port}", "--max-retries", "0", "--timeout", "2",
+                 "--attempts", "2", "--concurrency", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "no network: cannot reach the API" in last and "rerun the same command" in last
+
+
+def test_convert_base_download_without_network_is_one_line(monkeypatch):
+    pytest.importorskip("convert")
+    import huggingface_hub.constants as constants
+
+    from convert.errors import ConvertError
+    from convert.merge import resolve_base
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
+    with pytest.raises(ConvertError) as caught:
+        resolve_base("some-org/some-base-model")
+    message = str(caught.value)
+    assert "\n" not in message and "some-org/some-base-model" in message
+    assert "cannot connect" in message and "connected machine" in message
