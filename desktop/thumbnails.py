@@ -1,8 +1,8 @@
 """Photos decoded off the GUI thread: a QThreadPool of tasks that open a photo with the core's
-`geolocsft.images.open_image` (EXIF orientation applied, so photos are upright), shrink it and
-hand back a QImage (QPixmap may only be made on the GUI thread). The thumbnail list model asks
-for an image only when the view first paints that item, so a folder of thousands of photos
-opens at once.
+`geolocsft.images.open_preview` (reduced JPEG decoding, a lower pixel cap, EXIF orientation
+applied so photos are upright) and hand back a QImage (QPixmap may only be made on the GUI
+thread). The thumbnail list model asks for an image only when the view first paints that item,
+so a folder of thousands of photos opens at once.
 """
 
 from __future__ import annotations
@@ -35,12 +35,11 @@ class _LoadTask(QRunnable):
         self.path, self.size, self.signals = path, size, signals
 
     def run(self) -> None:
-        from geolocsft.images import open_image
+        from geolocsft.images import open_preview
 
         try:
-            image = open_image(self.path)
-            image.thumbnail((self.size, self.size))
-            result = pil_to_qimage(image)
+            # Reduced decoding (JPEG draft): a folder of 24 MP photos costs a few MB each.
+            result = pil_to_qimage(open_preview(self.path, self.size))
         except Exception as exc:  # any unreadable file: reported, never raised in a pool thread
             text = str(exc) or type(exc).__name__
             self.signals.failed.emit(self.path, self.size, text if self.path in text

@@ -286,6 +286,40 @@ def open_image(source, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Imag
     return rgb
 
 
+# Previews (the app's thumbnails and preview pane) decode at reduced size: a JPEG through
+# draft() at 1/2, 1/4 or 1/8 scale straight from the DCT, other formats in full, so they get a
+# lower pixel cap than model input. Model input never goes through here (its pixels must be
+# exactly those of training).
+PREVIEW_MAX_PIXELS = 50_000_000
+
+
+def open_preview(source, size: int, max_pixels: int = PREVIEW_MAX_PIXELS) -> Image.Image:
+    """An upright RGB image of at most `size` x `size` for display, decoded at the smallest
+    size that still covers `size` (JPEG draft). Raises ImageError like open_image; an image
+    that would decode to more than `max_pixels` is refused."""
+    image, label = _open_raw(source, DEFAULT_MAX_IMAGE_PIXELS)
+    try:
+        with image:
+            if image.format == "JPEG":
+                image.draft("RGB", (size, size))  # keeps each side >= size where it can
+            if image.width * image.height > max_pixels:
+                raise ImageError(label, f"image is {image.width}x{image.height}, too large to "
+                                        f"preview (limit {max_pixels:,} pixels)")
+            image.load()
+            upright = _upright(image)
+            upright.thumbnail((size, size), Image.Resampling.BILINEAR)
+            rgb = to_rgb(upright)
+            rgb.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(label, f"decompression bomb: {exc}") from exc
+    except Exception as exc:
+        raise ImageError(label, f"cannot decode image (truncated or corrupt?): {exc}") from exc
+    rgb.info = {}
+    return rgb
+
+
 def fit_to_budget(image: Image.Image, budget: ImageBudget) -> Image.Image:
     """Resize an RGB image to the family's pixel budget (BICUBIC). Returns a new image."""
     image = to_rgb(image)
