@@ -134,7 +134,14 @@ def resolve_base(base: str | os.PathLike) -> tuple[Path, str]:
 
         return Path(snapshot_download(str(base))), str(base)
     except Exception as exc:
-        raise ConvertError(f"{base}: not a folder and not downloadable from the hub ({exc})") from None
+        from geolocsft.netfail import describe
+
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        what = describe(exc) or first
+        raise ConvertError(f"{base}: not a folder and not downloadable from the hub ({what}); "
+                           f"download it on a connected machine (hf download {base} --local-dir "
+                           "DIR), copy DIR here and pass it instead; a partial download resumes "
+                           "on the next run") from None
 
 
 def merge_adapter(

@@ -10,7 +10,6 @@ streamed text. The main window owns the run (one worker, one model) and feeds th
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from desktop.error_curve import ErrorCurve
 from desktop.map_view import MapView
 from desktop.panes import ReasoningPane
 from desktop.worker import BenchRequest
+from geolocsft.fsutil import atomic_open
 
 # (label, bench_run dataset kind); the kinds are `geolocsft bench run --dataset` values.
 DATASET_CHOICES = [("Im2GPS3k", "im2gps3k"), ("YFCC4k", "yfcc4k"),
@@ -96,13 +96,9 @@ def copy_report(source: Path, target: Path, confirm_replace=None) -> list[Path]:
     if existing and not (confirm_replace and confirm_replace(existing[0])):
         raise FileExistsError(f"{existing[0]}: exists; not replaced")
     written = []
-    for f in files:
-        tmp = target / f".{f.name}.tmp-{os.getpid()}"
-        try:
-            shutil.copyfile(f, tmp)
-            os.replace(tmp, target / f.name)
-        finally:
-            tmp.unlink(missing_ok=True)
+    for f in files:  # exclusive random temp names: a planted symlink cannot redirect a copy
+        with atomic_open(target / f.name, "wb") as out, open(f, "rb") as src:
+            shutil.copyfileobj(src, out)
         written.append(target / f.name)
     return written
 

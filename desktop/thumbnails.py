@@ -1,8 +1,8 @@
 """Photos decoded off the GUI thread: a QThreadPool of tasks that open a photo with the core's
-`geolocsft.images.open_image` (EXIF orientation applied, so photos are upright), shrink it and
-hand back a QImage (QPixmap may only be made on the GUI thread). The thumbnail list model asks
-for an image only when the view first paints that item, so a folder of thousands of photos
-opens at once.
+`geolocsft.images.open_preview` (reduced JPEG decoding, a lower pixel cap, EXIF orientation
+applied so photos are upright) and hand back a QImage (QPixmap may only be made on the GUI
+thread). The thumbnail list model asks for an image only when the view first paints that item,
+so a folder of thousands of photos opens at once.
 """
 
 from __future__ import annotations
@@ -36,20 +36,19 @@ class _LoadTask(QRunnable):
         self.path, self.size, self.signals = path, size, signals
 
     def run(self) -> None:
-        from geolocsft.images import open_image, read_gps, read_photo_bytes
+        from geolocsft.images import open_preview, read_gps, read_photo_bytes
 
         try:
             # One read: the EXIF GPS (the photo's ground truth, for the map) and the pixels
-            # come from the same bytes, off the GUI thread.
+            # come from the same bytes, off the GUI thread; reduced decoding (JPEG draft), so
+            # a folder of 24 MP photos costs a few MB each.
             data = read_photo_bytes(self.path)
             try:
                 gps = read_gps(data)
             except Exception:  # unreadable header: no ground truth; the decode says why
                 gps = None
             self.signals.gps.emit(self.path, gps)
-            image = open_image(data, label=self.path)
-            image.thumbnail((self.size, self.size))
-            result = pil_to_qimage(image)
+            result = pil_to_qimage(open_preview(data, self.size, label=self.path))
         except Exception as exc:  # any unreadable file: reported, never raised in a pool thread
             text = str(exc) or type(exc).__name__
             self.signals.failed.emit(self.path, self.size, text if self.path in text

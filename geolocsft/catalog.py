@@ -17,13 +17,14 @@ from pathlib import Path
 
 from geolocsft import images, protocol
 from geolocsft.fsutil import build_folder
-from geolocsft.gguf_header import GGUFFormatError, read_gguf
+from geolocsft.gguf_header import GGUFFormatError, Keys, read_gguf
 from geolocsft.manifest import (
     Manifest,
     ManifestError,
     checksum_files,
     now_utc,
     read_manifest,
+    remember_sha256,
     write_manifest,
 )
 from geolocsft.paths import PROJECT_ROOT, models_dir
@@ -73,6 +74,16 @@ class CatalogEntry:
         return model[0], mmproj[0]
 
 
+def plain_folder_name(name, what: str = "model name") -> str:
+    """`name` if it is one plain folder name (no separators, not hidden, not '..', no control
+    characters): a catalog entry or --name can never place a folder outside the models folder."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".")
+            or any(c in name for c in '/\\') or any(ord(c) < 32 or ord(c) == 127 for c in name)
+            or len(name.encode("utf-8", "surrogateescape")) > 255):
+        raise CatalogError(f"{what} {name!r} is not a plain folder name")
+    return name
+
+
 def catalog_path() -> Path:
     """The catalog beside the model folders, else the one shipped with the project."""
     local = models_dir() / CATALOG_FILE
@@ -91,9 +102,13 @@ def load_catalog(path: str | os.PathLike | None = None) -> list[CatalogEntry]:
     entries = []
     for i, raw in enumerate(data.get("model", [])):
         try:
-            entries.append(CatalogEntry(**{k: v for k, v in raw.items() if k in known}))
+            entry = CatalogEntry(**{k: v for k, v in raw.items() if k in known})
+            plain_folder_name(entry.name, "name")
         except TypeError as exc:
             raise CatalogError(f"{path}: model entry {i + 1}: {exc}") from None
+        except CatalogError as exc:
+            raise CatalogError(f"{path}: model entry {i + 1}: {exc}") from None
+        entries.append(entry)
     return entries
 
 
@@ -177,7 +192,7 @@ def gguf_quant(path: Path) -> tuple[str, object]:
         info = read_gguf(path)
     except GGUFFormatError as exc:
         raise CatalogError(str(exc)) from None
-    file_type = info.get("general.file_type")
+    file_type = info.get(Keys.General.FILE_TYPE)
     return FILE_TYPES.get(file_type, f"type{file_type}" if file_type is not None else "F32"), info
 
 
@@ -185,10 +200,11 @@ def import_model(gguf: str | os.PathLike, mmproj: str | os.PathLike, *, name: st
                  root: str | os.PathLike | None = None, family: str | None = None,
                  base_model: str | None = None, budget: images.ImageBudget | None = None,
                  prompt_version: str = protocol.PROMPT_VERSION, move: bool = False,
-                 notes: list[str] | None = None) -> Path:
+                 notes: list[str] | None = None, source: dict | None = None) -> Path:
     """Turn a GGUF + projector pair from anywhere into a model folder under `root`. The files
     are copied (moved with `move=True`, used by `pull` for its own downloads); an existing
-    folder of the same name is never replaced."""
+    folder of the same name is never replaced. `source`: where the files came from (repo,
+    revision, resolved commit), kept in the manifest."""
     from geolocsft.engine import EngineError, check_pair, family_of
 
     gguf, mmproj = Path(gguf), Path(mmproj)
@@ -200,7 +216,7 @@ def import_model(gguf: str | os.PathLike, mmproj: str | os.PathLike, *, name: st
     except EngineError as exc:
         raise CatalogError(str(exc)) from None
     family = family.value
-    name = name or gguf.stem
+    name = plain_folder_name(name or gguf.stem, "--name")
     root = Path(root) if root else models_dir()
     final = root / name
     if final.exists():
@@ -212,12 +228,13 @@ def import_model(gguf: str | os.PathLike, mmproj: str | os.PathLike, *, name: st
         place(mmproj, staging / mmproj_file)
         manifest = Manifest(
             name=name, family=family,
-            base_model=base_model or str(info.get("general.name") or gguf.name),
+            base_model=base_model or str(info.get(Keys.General.NAME) or gguf.name),
             quant=quant, model_file=model_file, mmproj_file=mmproj_file,
             prompt_version=prompt_version,
             image_budget=(budget or images.default_budget(family)).to_dict(),
             files=checksum_files(staging, [model_file, mmproj_file]),
-            created=now_utc(), notes=list(notes or []),
+            created=now_utc(), notes=list(notes or []), source=source,
         )
         write_manifest(staging, manifest)
+    remember_sha256(final / model_file, manifest.files[model_file])  # no re-read on load
     return final

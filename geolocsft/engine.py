@@ -56,7 +56,8 @@ class ModelSpec:
     def from_folder(cls, folder) -> ModelSpec:
         """A model folder as the converter writes it: model-<QUANT>.gguf, mmproj-<type>.gguf
         and manifest.json (family, prompt version, image budget, checksums). The model's
-        sha256 is the manifest's (checking it is `geolocsft.manifest.verify_files`' job)."""
+        sha256 is the file's own (cached by size and mtime): a file replaced in place is a
+        different model for the results store."""
         from geolocsft.manifest import ManifestError, read_manifest
 
         folder = Path(folder)
@@ -78,7 +79,7 @@ class ModelSpec:
             raise EngineError(f"{source}: {exc}") from None
         return cls(gguf=gguf, mmproj=mmproj, family=family, budget=budget,
                    prompt_version=manifest.prompt_version,
-                   model_sha256=manifest.files.get(gguf.name) or file_sha256(gguf),
+                   model_sha256=file_sha256(gguf),  # as the file is now, not as listed
                    name=manifest.name or folder.name)
 
     @classmethod
@@ -106,10 +107,10 @@ def _listed_file(folder: Path, name: str, key: str) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    from geolocsft.manifest import sha256_file
+    from geolocsft.manifest import current_sha256
 
     try:
-        return sha256_file(path)
+        return current_sha256(path)
     except OSError as exc:
         raise EngineError(f"{path}: cannot read: {exc.strerror or exc}") from None
 

@@ -114,9 +114,10 @@ def render_prompt(chat_template: str, messages: list[dict], family: str, marker:
     training time), then put mtmd's media marker where the processor would expand the image."""
     import jinja2
     import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     import json
+
+    from geolocsft.template_guard import guarded_environment, render_guarded
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
@@ -125,12 +126,13 @@ def render_prompt(chat_template: str, messages: list[dict], family: str, marker:
         return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
                           separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[jinja2.ext.loopcontrols])
+    # Untrusted code from the model file: sandboxed and bounded in time, memory and size.
+    env = guarded_environment(trim_blocks=True, lstrip_blocks=True,
+                              extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
-    text = env.from_string(chat_template).render(
-        messages=messages, add_generation_prompt=True, bos_token=bos_token,
+    text = render_guarded(
+        env, chat_template, messages=messages, add_generation_prompt=True, bos_token=bos_token,
         eos_token=eos_token,
     )
     placeholder, replacement = IMAGE_PLACEHOLDERS[family]

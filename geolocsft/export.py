@@ -16,6 +16,7 @@ from xml.sax.saxutils import escape
 
 from geolocsft.fsutil import atomic_write
 from geolocsft.store import PhotoResult, Status
+from geolocsft.textsafe import csv_safe, utf8_text, xml_text
 
 DEFAULT_FLAG_KM = 500.0  # EXIF GPS farther than this from the prediction is flagged
 EXPORT_BASENAME = "geolocsft"
@@ -30,11 +31,12 @@ class ExportExistsError(ExportError):
     """The target exists and force was not given."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, force: bool = False) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, force: bool = False,
+                       like: str | os.PathLike | None = None) -> None:
     """fsutil.atomic_write with the export errors: a user's file is kept unless force."""
     path = Path(path)
     try:
-        atomic_write(path, data, force=force)
+        atomic_write(path, data, force=force, like=like)
     except FileExistsError:
         raise ExportExistsError(f"{path}: exists; not replacing it without --force") from None
     except OSError as exc:
@@ -61,7 +63,8 @@ def _place(result: PhotoResult) -> str:
 
 
 def _row(result: PhotoResult, flag_km: float) -> dict:
-    return {
+    """One photo's export fields; text as valid UTF-8 (a non-UTF-8 file name shows as \\xNN)."""
+    row = {
         "path": result.path,
         "status": result.status,
         "error": result.error,
@@ -97,6 +100,7 @@ def _row(result: PhotoResult, flag_km: float) -> dict:
         "model_sha256": result.model_sha256,
         "created_at": result.created_at,
     }
+    return {k: utf8_text(v) if isinstance(v, str) else v for k, v in row.items()}
 
 
 _TIMING_COLUMNS = {"image_prepare_s", "image_encode_s", "prompt_s", "generate_s", "tokens_per_s"}
@@ -107,10 +111,8 @@ def _csv_cell(column: str, value):
         return ""
     if column in _TIMING_COLUMNS and isinstance(value, float):
         return round(value, 4)
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        # Text a spreadsheet would run as a formula (a model's region, a file name): keep it text.
-        return "'" + value
-    return value
+    # Text a spreadsheet would run as a formula (a model's region, a file name): keep it text.
+    return csv_safe(value)
 
 
 def csv_text(results: list[PhotoResult], flag_km: float = DEFAULT_FLAG_KM) -> str:
@@ -168,10 +170,10 @@ def kml_text(results: list[PhotoResult], flag_km: float = DEFAULT_FLAG_KM) -> st
         if not result.has_point:
             continue
         out.append("<Placemark>")
-        out.append(f"<name>{escape(Path(result.path).name)}</name>")
+        out.append(f"<name>{escape(xml_text(Path(result.path).name))}</name>")
         if is_flagged(result, flag_km):
             out.append("<styleUrl>#flagged</styleUrl>")
-        out.append(f"<description>{escape(_kml_description(result, flag_km))}</description>")
+        out.append(f"<description>{escape(xml_text(_kml_description(result, flag_km)))}</description>")
         # KML's order is lon,lat[,alt] too.
         out.append(f"<Point><coordinates>{result.longitude:.6f},{result.latitude:.6f},0</coordinates></Point>")
         out.append("</Placemark>")

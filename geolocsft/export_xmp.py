@@ -9,12 +9,14 @@ property we do not set; every write atomic.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from geolocsft.export import ExportError, atomic_write_bytes
 from geolocsft.store import PhotoResult
+from geolocsft.textsafe import xml_text
 
 # Our own XMP namespace: marks GPS as a model estimate (not a receiver fix) and lets a rerun
 # recognise and update what it wrote before.
@@ -109,6 +111,11 @@ def _place_fields(result: PhotoResult) -> dict[str, str]:
     return fields
 
 
+def _xml_safe(fields: dict[str, str]) -> dict[str, str]:
+    # A model's name or a place name with a control character would make the packet invalid XML.
+    return {k: xml_text(v) for k, v in fields.items()}
+
+
 def write_sidecar(photo: str | Path, result: PhotoResult, *, force: bool = False) -> TagOutcome:
     """Write or merge `photo.ext.xmp`. An existing sidecar keeps all its other properties; GPS or
     place fields written by someone else are kept unless force (then replaced)."""
@@ -116,7 +123,7 @@ def write_sidecar(photo: str | Path, result: PhotoResult, *, force: bool = False
     if not result.has_point:
         return TagOutcome(target, "skipped", "no predicted point")
     pyexiv2 = _pyexiv2()
-    ours = {**_xmp_fields(result), **_place_fields(result)}
+    ours = _xml_safe({**_xmp_fields(result), **_place_fields(result)})
     action = "created"
     if target.exists():
         try:
@@ -192,18 +199,35 @@ def written_by_geolocsft(path: str | Path) -> bool:
     return EXIF_PROCESSING_METHOD in method
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def write_exif_gps(
     source: str | Path, target: str | Path, result: PhotoResult, *, force: bool = False,
-    replace_target: bool | None = None,
+    replace_target: bool | None = None, in_place: bool | None = None,
 ) -> TagOutcome:
-    """Write the predicted GPS into `target`: a copy of `source`, or `source` itself when the two
-    are the same path (the caller allows that only with --in-place). A photo that already carries
-    GPS (its own, real fix) keeps it unless force; GPS geolocsft wrote before is updated. Another
-    file already at `target` is replaced only with replace_target (default: force)."""
+    """Write the predicted GPS into `target`: a copy of `source`, or `source` itself with
+    in_place (--in-place; None: the two are given as the same path). A target that is the
+    source photo under another name (a symlink, a hard link, the photo folder as --out) is
+    refused unless in_place: the original is never written by accident. In place, the photo
+    keeps its mode, owner and extended attributes, and a symlinked photo is written through to
+    the file it points at (the link stays a link). A photo that already carries GPS (its own,
+    real fix) keeps it unless force; GPS geolocsft wrote before is updated. Another file already
+    at `target` is replaced only with replace_target (default: force)."""
     source, target = Path(source), Path(target)
     if not result.has_point:
         return TagOutcome(target, "skipped", "no predicted point")
-    in_place = source.resolve() == target.resolve() if target.exists() else False
+    if in_place is None:
+        in_place = os.path.abspath(source) == os.path.abspath(target)
+    if in_place:
+        target = Path(os.path.realpath(source))  # through a symlink, to the photo itself
+    elif _same_file(source, target):
+        return TagOutcome(target, "error", f"is the source photo {source} itself; not writing "
+                                           "into an original without --in-place")
     pyexiv2 = _pyexiv2()
     replace_target = force if replace_target is None else replace_target
     if (target.exists() and not in_place and not replace_target
@@ -226,7 +250,7 @@ def write_exif_gps(
         data.close()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, payload, force=True)
+        atomic_write_bytes(target, payload, force=True, like=target if in_place else None)
     except (ExportError, OSError) as exc:
         return TagOutcome(target, "error", str(exc))
     return TagOutcome(target, "updated" if in_place else "created")

@@ -15,19 +15,67 @@ import functools
 import mmap
 import struct
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
+
+from geolocsft.fsutil import not_a_regular_file
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 DEFAULT_MAX_ARRAY = 64  # longer arrays (vocabulary, merges) are skipped unless asked
 
-# GGUF metadata value types.
+
+
+class GGUFValueType(IntEnum):
+    """Metadata value types, numbered and named as in gguf-py (`gguf.GGUFValueType`)."""
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+class Keys:
+    """Metadata keys this project reads, named as in gguf-py (`gguf.Keys`)."""
+
+    class General:
+        ARCHITECTURE = "general.architecture"
+        NAME = "general.name"
+        ALIGNMENT = "general.alignment"
+        FILE_TYPE = "general.file_type"
+
+    class Tokenizer:
+        CHAT_TEMPLATE = "tokenizer.chat_template"
+
+    class Clip:
+        HAS_VISION_ENCODER = "clip.has_vision_encoder"
+        PROJECTOR_TYPE = "clip.projector_type"
+        VISION_PROJECTOR_TYPE = "clip.vision.projector_type"
+        VISION_PROJECTION_DIM = "clip.vision.projection_dim"
+
+
 _SCALAR_FORMATS = {
-    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-    10: "<Q", 11: "<q", 12: "<d",
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?", GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
 }
-_STRING, _ARRAY = 8, 9
+_STRING, _ARRAY = GGUFValueType.STRING, GGUFValueType.ARRAY
 _U64 = struct.Struct("<Q")
+
+# Limits as ggml's own reader (ggml/src/gguf.cpp) applies them, so a header we accept is one
+# llama.cpp can load, and a crafted one cannot make us loop, recurse or allocate without end.
+GGML_MAX_DIMS = 4  # dimensions per tensor
+MAX_ELEMENTS = 2**63 - 1  # elements per tensor (INT64_MAX)
+MAX_ARRAY_DEPTH = 1  # arrays of arrays are not a thing gguf.cpp reads
 
 # ggml tensor types as in ggml.h's `enum ggml_type` (gguf-py: GGMLQuantizationType and
 # GGML_QUANT_SIZES): id -> (name, elements per block, bytes per block). Ids 4, 5 (Q4_2, Q4_3)
@@ -98,7 +146,7 @@ class GGUFInfo:
 
     @property
     def architecture(self) -> str:
-        return str(self.metadata.get("general.architecture", ""))
+        return str(self.metadata.get(Keys.General.ARCHITECTURE, ""))
 
     @property
     def n_tensors(self) -> int:
@@ -137,13 +185,24 @@ class _Cursor:
         self.pos += length
         return raw.decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, max_array: int):
+    def count(self, count: int, min_size: int, what: str) -> int:
+        """`count` items of at least `min_size` bytes each must fit in the rest of the file:
+        checked before looping, so an absurd count is an error at once, not hours of work."""
+        if count * min_size > len(self.buf) - self.pos:
+            raise GGUFFormatError(
+                self.path, f"malformed GGUF header: {count:,} {what} cannot fit in the "
+                f"{len(self.buf) - self.pos:,} bytes left (at byte {self.pos})")
+        return count
+
+    def value(self, vtype: int, max_array: int, depth: int = 0):
         if vtype in _SCALAR_FORMATS:
             return self.unpack(_SCALAR_FORMATS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype != _ARRAY:
             raise GGUFFormatError(self.path, f"unknown metadata value type {vtype}")
+        if depth >= MAX_ARRAY_DEPTH:
+            raise GGUFFormatError(self.path, f"malformed GGUF header: nested array at byte {self.pos}")
         etype, count = self.unpack("<I"), self.unpack("<Q")
         if etype in _SCALAR_FORMATS:  # fixed size: one unpack, or one jump
             fmt = _SCALAR_FORMATS[etype]
@@ -153,22 +212,24 @@ class _Cursor:
                       if count <= max_array else ArrayInfo(etype, count))
             self.pos += size
             return values
-        if count <= max_array:
-            if etype == _STRING:  # the vocabulary, when asked for: the common case, kept direct
-                return [self.string() for _ in range(count)]
-            return [self.value(etype, max_array) for _ in range(count)]
-        if etype == _STRING:  # the vocabulary: hop from length to length, check once at the end
-            pos, buf, length_at = self.pos, self.buf, _U64.unpack_from
-            try:
-                for _ in range(count):
-                    pos += 8 + length_at(buf, pos)[0]
-            except struct.error:
-                pos = len(buf) + 1
-            self.need(pos - self.pos)
-            self.pos = pos
-        else:
+        if etype != _STRING:
+            raise GGUFFormatError(self.path, f"unknown array element type {etype}"
+                                  if etype != _ARRAY else
+                                  f"malformed GGUF header: nested array at byte {self.pos}")
+        self.count(count, _U64.size, "strings")
+        if count <= max_array:  # the vocabulary, when asked for: the common case, kept direct
+            return [self.string() for _ in range(count)]
+        # The vocabulary: hop from length to length, check once at the end.
+        pos, buf, length_at = self.pos, self.buf, _U64.unpack_from
+        try:
             for _ in range(count):
-                self.value(etype, 0)
+                pos += 8 + length_at(buf, pos)[0]
+                if pos > len(buf):
+                    break
+        except struct.error:
+            pos = len(buf) + 1
+        self.need(pos - self.pos)
+        self.pos = pos
         return ArrayInfo(etype, count)
 
 
@@ -189,6 +250,9 @@ def read_gguf(path, *, max_array: int = DEFAULT_MAX_ARRAY) -> GGUFInfo:
         raise GGUFFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
     if path.is_dir():
         raise GGUFFormatError(path, "is a folder, not a GGUF file")
+    why = not_a_regular_file(path)
+    if why:  # a FIFO or device would block or stream without end
+        raise GGUFFormatError(path, why)
     if stat.st_size == 0:
         raise GGUFFormatError(path, "empty file (0 bytes), not a GGUF model")
     return _read_cached(path, stat.st_size, stat.st_mtime_ns, max_array)
@@ -198,9 +262,14 @@ def read_gguf(path, *, max_array: int = DEFAULT_MAX_ARRAY) -> GGUFInfo:
 def _read_cached(path: Path, size: int, _mtime_ns: int, max_array: int) -> GGUFInfo:
     try:
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _parse(buf, path, size, max_array)
+            return _parse(buf, path, len(buf), max_array)
+    except GGUFFormatError:
+        raise
     except OSError as exc:
         raise GGUFFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
+    except (ValueError, OverflowError, RecursionError, MemoryError, struct.error) as exc:
+        # A shape of malformed header the checks in _parse did not foresee: still one error.
+        raise GGUFFormatError(path, f"malformed GGUF header ({type(exc).__name__}: {exc})") from None
 
 
 def _parse(buf, path: Path, size: int, max_array: int) -> GGUFInfo:
@@ -213,22 +282,47 @@ def _parse(buf, path: Path, size: int, max_array: int) -> GGUFInfo:
     if version not in (2, 3):
         raise GGUFFormatError(path, f"unsupported GGUF version {version}")
     n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
+    # Smallest entries: a key/value is an empty key (8) + type (4) + a u8 (1); a tensor an empty
+    # name (8) + n_dims (4) + type (4) + offset (8).
+    cur.count(n_kv, 13, "metadata entries")
+    cur.count(n_tensors, 24, "tensors")
     metadata: dict = {}
     for _ in range(n_kv):
+        at = cur.pos
         key = cur.string()
+        if key in metadata:
+            raise GGUFFormatError(path, f"malformed GGUF header: duplicate key {key!r} at byte {at}")
         metadata[key] = cur.value(cur.unpack("<I"), max_array)
 
-    tensors, data_end = [], 0
+    alignment = metadata.get(Keys.General.ALIGNMENT, DEFAULT_ALIGNMENT)
+    if (isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0
+            or alignment & (alignment - 1)):
+        raise GGUFFormatError(path, f"malformed GGUF header: {Keys.General.ALIGNMENT} "
+                                    f"{alignment!r} is not a positive power of two")
+    tensors, data_end, names = [], 0, set()
     for _ in range(n_tensors):
+        at = cur.pos
         name = cur.string()
-        shape = tuple(cur.unpack("<Q") for _ in range(cur.unpack("<I")))
+        n_dims = cur.unpack("<I")
+        if n_dims > GGML_MAX_DIMS:
+            raise GGUFFormatError(path, f"malformed GGUF header: tensor {name!r} has {n_dims:,} "
+                                        f"dimensions (ggml allows {GGML_MAX_DIMS})")
+        shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
         tensor = TensorInfo(name, cur.unpack("<I"), shape, cur.unpack("<Q"))
+        if name in names:
+            raise GGUFFormatError(path, f"malformed GGUF header: duplicate tensor {name!r} at byte {at}")
+        names.add(name)
+        if tensor.n_elements > MAX_ELEMENTS:
+            raise GGUFFormatError(path, f"malformed GGUF header: tensor {name!r} shape {shape} "
+                                        "has more elements than ggml can hold")
+        if tensor.offset % alignment:
+            raise GGUFFormatError(path, f"malformed GGUF header: tensor {name!r} offset "
+                                        f"{tensor.offset} is not a multiple of {alignment}")
         tensors.append(tensor)
         if tensor.type_id in GGML_TYPES:  # an unknown type skips the size check
             _, block_elems, block_bytes = GGML_TYPES[tensor.type_id]
             data_end = max(data_end, tensor.offset + tensor.n_elements // block_elems * block_bytes)
 
-    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT) or DEFAULT_ALIGNMENT)
     data_start = -(-cur.pos // alignment) * alignment
     if n_tensors and data_start + data_end > size:
         raise GGUFFormatError(

@@ -12,11 +12,21 @@ import io
 import math
 import os
 import threading
+import warnings
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
 from PIL import Image, ImageOps
+
+from geolocsft.fsutil import not_a_regular_file
+
+# Pillow warns on odd files ("Corrupt EXIF data", "Truncated File Read", "Metadata Warning",
+# palette transparency...) straight to the terminal, once per photo of a seized folder. The
+# pixels are what matter: a file that cannot be decoded becomes its one-line ImageError; the
+# rest are noise. (The pixel cap is ours, so Pillow's bomb warning is redundant too.)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # Pixel cap for decoding (the decompression-bomb guard). 200 MP lets 200 MP phone photos
 # through; anything larger is almost always a crafted or broken file.
@@ -189,6 +199,9 @@ def _open_raw(source, max_pixels: int, label: str | None = None):
             raise ImageError(label, "file not found")
         if path.is_dir():
             raise ImageError(label, "is a folder, not an image file")
+        why = not_a_regular_file(path)
+        if why:  # a FIFO named x.jpg would block the open forever
+            raise ImageError(label, why)
         if path.stat().st_size == 0:
             raise ImageError(label, "empty file (0 bytes)")
         fp = label
@@ -294,6 +307,41 @@ def _decode(image: Image.Image, label: str) -> Image.Image:
     except Exception as exc:  # decoders on damaged files raise OSError, RuntimeError, ...
         raise ImageError(label, f"cannot decode image (truncated or corrupt?): {exc}") from exc
     rgb.info = {}  # metadata stays with the original file, not with model input
+    return rgb
+
+
+# Previews (the app's thumbnails and preview pane) decode at reduced size: a JPEG through
+# draft() at 1/2, 1/4 or 1/8 scale straight from the DCT, other formats in full, so they get a
+# lower pixel cap than model input. Model input never goes through here (its pixels must be
+# exactly those of training).
+PREVIEW_MAX_PIXELS = 50_000_000
+
+
+def open_preview(source, size: int, max_pixels: int = PREVIEW_MAX_PIXELS, *,
+                 label: str | None = None) -> Image.Image:
+    """An upright RGB image of at most `size` x `size` for display, decoded at the smallest
+    size that still covers `size` (JPEG draft). Raises ImageError like open_image; an image
+    that would decode to more than `max_pixels` is refused. `label` names bytes in errors."""
+    image, label = _open_raw(source, DEFAULT_MAX_IMAGE_PIXELS, label)
+    try:
+        with image:
+            if image.format == "JPEG":
+                image.draft("RGB", (size, size))  # keeps each side >= size where it can
+            if image.width * image.height > max_pixels:
+                raise ImageError(label, f"image is {image.width}x{image.height}, too large to "
+                                        f"preview (limit {max_pixels:,} pixels)")
+            image.load()
+            upright = _upright(image)
+            upright.thumbnail((size, size), Image.Resampling.BILINEAR)
+            rgb = to_rgb(upright)
+            rgb.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(label, f"decompression bomb: {exc}") from exc
+    except Exception as exc:
+        raise ImageError(label, f"cannot decode image (truncated or corrupt?): {exc}") from exc
+    rgb.info = {}
     return rgb
 
 

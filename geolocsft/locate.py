@@ -14,10 +14,12 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from geolocsft.fsutil import not_a_regular_file
 from geolocsft.store import PhotoResult, ResultKey, ResultStore, Status, settings_hash
 
 # What `locate` picks up in folders (explicitly named files are always tried).
@@ -34,33 +36,55 @@ class PhotoItem:
         return self.path.relative_to(self.root) if self.root != self.path else Path(self.path.name)
 
 
-def find_photos(paths: Iterable[str | os.PathLike]) -> tuple[list[PhotoItem], list[str]]:
+# Folders our own runs write (`locate`'s default export folder, its EXIF-GPS copies under it):
+# never scanned as input, or a rerun would read its own estimates back as "EXIF truth".
+OWN_OUTPUT_FOLDERS = frozenset({"geolocsft-results"})  # = locate_cli.EXPORT_FOLDER
+
+def _is_within(path: Path, folders: list[Path]) -> bool:
+    return any(path == f or f in path.parents for f in folders)
+
+
+def find_photos(paths: Iterable[str | os.PathLike], *,
+                exclude: Iterable[str | os.PathLike] = ()) -> tuple[list[PhotoItem], list[str]]:
     """Photos under the given files/folders (recursive, sorted, each once) and one problem line
-    per argument that does not exist. Hidden folders (e.g. .geolocsft, .thumbnails) are skipped."""
+    per argument that does not exist and per file that is not a regular file (FIFO, socket,
+    device, broken symlink). Hidden folders (e.g. .geolocsft, .thumbnails), folders named in
+    OWN_OUTPUT_FOLDERS and sub-folders that are in `exclude` (our export folder) are skipped."""
     items: list[PhotoItem] = []
     problems: list[str] = []
     seen: set[Path] = set()
+    excluded = [Path(os.path.realpath(e)) for e in exclude]
     for raw in paths:
         top = Path(os.path.abspath(raw))
-        if top.is_file():
-            found = [top]
-            root = top.parent
-        elif top.is_dir():
+        if top.is_dir():
             found = []
+            # A folder named on the command line is scanned even when it is an excluded one.
+            skip = [e for e in excluded if not _is_within(Path(os.path.realpath(top)), [e])]
             for dirpath, dirnames, filenames in os.walk(top):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                dirnames[:] = sorted(
+                    d for d in dirnames
+                    if not d.startswith(".") and d not in OWN_OUTPUT_FOLDERS
+                    and not _is_within(Path(os.path.realpath(os.path.join(dirpath, d))), skip))
                 for name in sorted(filenames):
                     if not name.startswith(".") and Path(name).suffix.lower() in PHOTO_SUFFIXES:
                         found.append(Path(dirpath) / name)
             root = top
+        elif os.path.lexists(top):
+            found = [top]
+            root = top.parent
         else:
             problems.append(f"{raw}: no such file or folder")
             continue
         for path in found:
+            why = not_a_regular_file(path)
+            if why:
+                problems.append(f"{path}: {why}; skipped")
+                continue
             key = path.resolve()
-            if key not in seen:
-                seen.add(key)
-                items.append(PhotoItem(path, root))
+            if key in seen:
+                continue
+            seen.add(key)
+            items.append(PhotoItem(path, root))
     return items, problems
 
 
@@ -232,13 +256,14 @@ class LocateRunner:
                 progress.eta_s = progress.s_per_photo * left
             return True
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geolocsft-prepare") as pool:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geolocsft-prepare")
+        try:
             pending: Future | None = pool.submit(self._prepare, items[0]) if items else None
             for index, item in enumerate(items):
-                if self.cancel.is_set():
+                prepared = self._wait(pending)
+                if prepared is None:
                     summary.cancelled = True
                     break
-                prepared = pending.result()
                 # Start on the next photo now: it decodes while the model works on this one.
                 pending = pool.submit(self._prepare, items[index + 1]) if index + 1 < len(items) else None
                 progress.current = item.path
@@ -287,12 +312,26 @@ class LocateRunner:
                 run_group()  # the last photos, held while skipped or failed ones went by
             if pending is not None:
                 pending.cancel()
+        finally:
+            # Cancel must not wait for a photo still decoding (a slow share, a huge TIFF): the
+            # worker thread finishes it in the background and its result is dropped.
+            pool.shutdown(wait=not self.cancel.is_set(), cancel_futures=True)
         progress.current = None
         self._emit_progress(progress, start)
         summary.elapsed_s = time.perf_counter() - start
         if self._places_warning:
             summary.warnings.append(self._places_warning)
         return summary
+
+    def _wait(self, pending: Future) -> _Prepared | None:
+        """The prepared photo, or None once cancel is set (checked every 0.1 s, so a Cancel
+        stops the run within a second whatever the photo's decoding is doing)."""
+        while not self.cancel.is_set():
+            try:
+                return pending.result(timeout=0.1)
+            except FutureTimeout:
+                continue
+        return None
 
     def _emit_progress(self, progress: Progress, start: float) -> None:
         progress.elapsed_s = time.perf_counter() - start

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from geolocsft.cli import CliError, extend_command
-from geolocsft.workflow import DEFAULT_SAMPLED_TEMPERATURE, EXPORT_FOLDER
+from geolocsft.workflow import COPIES_FOLDER, DEFAULT_SAMPLED_TEMPERATURE, EXPORT_FOLDER
 
 
 def add_speed_options(group) -> None:
@@ -98,29 +98,9 @@ def resolve_model(args):
         raise CliError(str(exc)) from exc
 
 
-def folder_is_writable(folder: Path) -> bool:
-    """Probe by writing, not os.access: that lies for root, read-only mounts and some ACLs.
-    A folder that does not exist yet is probed in its nearest existing parent, so a failed
-    run leaves no empty folder behind."""
-    probe_in = folder
-    while not probe_in.exists():
-        if probe_in.parent == probe_in:
-            return False
-        probe_in = probe_in.parent
-    if not probe_in.is_dir():
-        return False
-    probe = probe_in / f".geolocsft-probe-{os.getpid()}"
-    try:
-        with open(probe, "wb"):
-            pass
-        probe.unlink()
-        return True
-    except OSError:
-        return False
-
-
 def choose_out_dir(args, first_root: Path) -> tuple[Path, str]:
     """The export folder and a message when it is not where the user would look first."""
+    from geolocsft.fsutil import folder_is_writable
     from geolocsft.paths import data_dir
 
     if args.out:
@@ -192,7 +172,9 @@ def handle(args) -> int:
     flag_km = DEFAULT_FLAG_KM if args.flag_km is None else args.flag_km
     bar = ProgressBar(sys.stderr, enabled=not args.quiet and sys.stderr.isatty())
 
-    items, problems = find_photos(args.paths)
+    # Our own outputs (the export folder and its EXIF-GPS copies) are never input.
+    own_out = [args.out, os.path.join(args.out, COPIES_FOLDER)] if args.out else []
+    items, problems = find_photos(args.paths, exclude=own_out)
     for line in problems:
         bar.say(f"geolocsft: {line}")
     if not items:
@@ -200,6 +182,10 @@ def handle(args) -> int:
 
     # Everything that can fail cheaply fails before the model loads.
     out_dir, out_message = choose_out_dir(args, items[0].root)
+    own = [out_dir, out_dir / COPIES_FOLDER]
+    items = [i for i in items if not any(_inside(i.path, f) and not _inside(i.root, f) for f in own)]
+    if not items:
+        raise CliError(f"no photos found outside the export folder {out_dir}")
     spec = resolve_model(args)
     store_path = Path(args.store) if args.store else default_store_path()
     try:
@@ -249,7 +235,10 @@ def handle(args) -> int:
         runner = make_runner(engine, store, samples=args.samples, temperature=temperature,
                               places=not args.no_places, on_progress=bar.update,
                               on_outcome=on_outcome, cancel=cancel)
-        summary = runner.run(items)
+        try:
+            summary = runner.run(items)
+        except StoreError as exc:  # lock held elsewhere, disk full: what is stored stays
+            raise CliError(f"{exc}; the photos done so far are kept, rerun to continue") from exc
         bar.clear()
         results = summary.results
         for warning in summary.warnings:
@@ -282,6 +271,11 @@ def handle(args) -> int:
     return 1 if (counts["errors"] or tag_problems) else 0
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    real, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return folder == real or folder in real.parents
+
+
 def _write_tags(args, summary, out_dir: Path) -> int:
     """XMP sidecars and EXIF GPS; one line per photo that could not be tagged. Returns the
     number of failures (skips with a reason are reported but are not failures)."""
@@ -295,8 +289,9 @@ def _write_tags(args, summary, out_dir: Path) -> int:
     if args.xmp:
         tagged.append(("xmp", workflow.write_sidecars(located, force=args.force)))
     if args.write_exif:
-        targets = workflow.gps_copy_targets(located, out_dir / "with-gps", args.in_place)
-        tagged.append(("exif", workflow.write_gps_copies(targets, force=args.force)))
+        targets = workflow.gps_copy_targets(located, out_dir / COPIES_FOLDER, args.in_place)
+        tagged.append(("exif", workflow.write_gps_copies(targets, force=args.force,
+                                                         in_place=args.in_place)))
     failures = 0
     counts: dict[str, int] = {}
     for kind, outcomes in tagged:

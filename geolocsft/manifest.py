@@ -40,6 +40,8 @@ class Manifest:
     llama_cpp_commit: str | None = None  # llama.cpp commit that release vendors, if known
     created: str = ""  # ISO 8601 UTC
     notes: list[str] = field(default_factory=list)  # e.g. K-quant fallbacks
+    # Where a pulled build came from: {"repo", "revision", "commit" (resolved), "files"}.
+    source: dict | None = None
     manifest_version: int = MANIFEST_VERSION
 
     def to_dict(self) -> dict:
@@ -80,6 +82,50 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+HASH_CACHE_NAME = "file-hashes.json"
+
+
+def _hash_cache_path() -> Path:
+    from geolocsft.paths import cache_dir
+
+    return cache_dir() / HASH_CACHE_NAME
+
+
+def _load_hash_cache() -> dict:
+    try:
+        data = json.loads(_hash_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def remember_sha256(path: str | os.PathLike, digest: str) -> None:
+    """Record `digest` for `path` at its current size and modification time."""
+    path = os.path.abspath(path)
+    try:
+        st = os.stat(path)
+        cache = _load_hash_cache()
+        cache[path] = [st.st_size, st.st_mtime_ns, digest]
+        atomic_write(_hash_cache_path(), json.dumps(cache, indent=0, sort_keys=True))
+    except (OSError, UnicodeEncodeError):  # a cache: losing an entry only costs a re-hash
+        pass
+
+
+def current_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of the file as it is now: from the hash cache while its size and mtime are
+    those recorded with it, else read in full (and recorded). A model file replaced in place
+    under the same name thus gets its new hash, and results keyed by the old one are not
+    served as done; an unchanged multi-GB model is not re-read on every start."""
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    entry = _load_hash_cache().get(path)
+    if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [st.st_size, st.st_mtime_ns]:
+        return str(entry[2])
+    digest = sha256_file(path)
+    remember_sha256(path, digest)
+    return digest
+
+
 def read_manifest(folder: str | os.PathLike) -> Manifest:
     path = Path(folder) / MANIFEST_NAME
     data = read_json(path, ManifestError, missing="missing (not a model folder)")
@@ -93,6 +139,8 @@ def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
 
 
 def checksum_files(folder: str | os.PathLike, names: list[str]) -> dict[str, str]:
+    """sha256 of each file; recorded in the hash cache only by `current_sha256` (a staging
+    folder's paths are not the final ones)."""
     return {name: sha256_file(Path(folder) / name) for name in names}
 
 

@@ -30,7 +30,10 @@ def register(subparsers) -> None:
     p = sub.add_parser("pull", help="download a catalog build (resumable, checksummed)")
     p.add_argument("name", help="catalog name (see `geolocsft models list`)")
     p.add_argument("--endpoint", help="hub address (default: HF_ENDPOINT or the public hub)")
-    p.add_argument("--token", help="access token for gated models (default: HF_TOKEN)")
+    p.add_argument("--ask-token", action="store_true",
+                   help="prompt for an access token for gated models (default: HF_TOKEN); "
+                   "never given on the command line, where other users and shell history see it")
+    p.add_argument("--token", help=argparse.SUPPRESS)  # refused with a pointer to the above
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_pull)
 
@@ -91,10 +94,25 @@ def run_import(args: argparse.Namespace) -> int:
 def run_pull(args: argparse.Namespace) -> int:
     from geolocsft import catalog, hub
 
+    if args.token:
+        raise CliError("--token: a token on the command line is visible to other users (ps) "
+                       "and kept in shell history; set HF_TOKEN or use --ask-token")
+    token = None
+    if args.ask_token:
+        import getpass
+
+        try:
+            token = getpass.getpass("Hugging Face token: ").strip() or None
+        except (EOFError, KeyboardInterrupt):
+            raise CliError("--ask-token: no token entered") from None
+
+    def warn(line: str) -> None:
+        print(f"geolocsft: warning: {line}", file=sys.stderr)
+
     try:
         entry = catalog.find_entry(args.name)
-        folder = hub.pull(entry, root=args.dir, endpoint=args.endpoint, token=args.token,
-                          progress=not args.quiet)
+        folder = hub.pull(entry, root=args.dir, endpoint=args.endpoint, token=token,
+                          progress=not args.quiet, warn=warn)
     except (catalog.CatalogError, hub.PullError) as exc:
         raise CliError(str(exc)) from None
     print(f"pulled {entry.name} into {folder}")

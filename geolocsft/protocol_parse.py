@@ -200,7 +200,18 @@ def _text_pairs(text: str, start: int, end: int, bare: bool) -> list[_Candidate]
 
 # ------------------------------------------------------------------ JSON
 
-_FENCE_RE = re.compile(r"^\s*```[A-Za-z]*\s*|\s*```\s*$")
+_FENCE_LANG_RE = re.compile(r"```[A-Za-z]*")
+
+
+def _strip_fences(s: str) -> str:
+    """A leading ```lang and a trailing ``` removed. String operations, not one regex: an
+    unanchored `\\s*```\\s*$` retries at every position of a long whitespace run (quadratic)."""
+    s = s.strip()
+    if s.startswith("```"):
+        s = s[_FENCE_LANG_RE.match(s).end():].lstrip()
+    if s.endswith("```"):
+        s = s[:-3].rstrip()
+    return s
 
 
 def _repair_json(s: str) -> str:
@@ -233,7 +244,7 @@ def _repair_json(s: str) -> str:
 
 def loads_tolerant(s: str) -> Any:
     """JSON from model text (code fences, trailing commas, single quotes); None if unreadable."""
-    s = _FENCE_RE.sub("", s)
+    s = _strip_fences(s)
     for attempt in (s, None):
         try:
             return json.loads(attempt if attempt is not None else _repair_json(s))

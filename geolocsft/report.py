@@ -14,6 +14,7 @@ from pathlib import Path
 
 from geolocsft import geo
 from geolocsft.fsutil import atomic_write
+from geolocsft.textsafe import csv_safe
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PUBLISHED_FILE = DATA_DIR / "published.toml"
@@ -48,9 +49,10 @@ def predictions_csv(rows: list[PredictionRow]) -> str:
     writer.writerow(PREDICTION_COLUMNS)
     for r in rows:
         err = r.error_km
-        writer.writerow([r.id, _num(r.pred_lat), _num(r.pred_lon), repr(r.true_lat),
+        # csv_safe: an id or a model's raw answer is text a spreadsheet must not run.
+        writer.writerow([csv_safe(r.id), _num(r.pred_lat), _num(r.pred_lon), repr(r.true_lat),
                          repr(r.true_lon), "" if err is None else f"{err:.3f}", r.parse_status,
-                         "" if r.oracle_km is None else f"{r.oracle_km:.3f}", r.raw])
+                         "" if r.oracle_km is None else f"{r.oracle_km:.3f}", csv_safe(r.raw)])
     return out.getvalue()
 
 

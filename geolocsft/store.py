@@ -135,20 +135,43 @@ def _column_type(annotation: str) -> str:
 
 _COLUMNS = [(f.name, _column_type(str(f.type))) for f in dataclasses.fields(PhotoResult)]
 _COLUMN_NAMES = [name for name, _ in _COLUMNS]
+_PATH_INDEX = _COLUMN_NAMES.index("path")
+
+
+def db_path(path: str | os.PathLike) -> str | bytes:
+    """A file path as the store keeps it. A name that is not valid UTF-8 (an old camera card, a
+    seized disk; Python holds it with surrogate escapes) is stored as its raw bytes (a BLOB),
+    so it round-trips exactly instead of failing the write."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
+def path_from_db(value) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _result_from_row(row) -> PhotoResult:
+    row = list(row)
+    row[_PATH_INDEX] = path_from_db(row[_PATH_INDEX])
+    return PhotoResult(*row)
 
 
 class ResultStore:
     """Thread-safe (one connection behind a lock): the locate runner writes from its loop while a
     preparation thread and the desktop app read."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, timeout_s: float = 30.0):
         self.path = Path(path)
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False,
+            self._db = sqlite3.connect(str(self.path), timeout=timeout_s, check_same_thread=False,
                                        isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self._db.execute("PRAGMA synchronous=FULL")
             self._init_schema()
@@ -195,18 +218,59 @@ class ResultStore:
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     class _Tx:
+        """One write transaction. Whatever fails (BEGIN: another process holds the write lock
+        past the timeout; COMMIT: disk full, I/O error), the transaction is rolled back, the
+        thread lock is released and one StoreError naming the file is raised: the store stays
+        usable and a rerun continues from the rows already committed."""
+
         def __init__(self, store):
             self.store = store
 
         def __enter__(self):
-            self.store._lock.acquire()
-            self.store._db.execute("BEGIN IMMEDIATE")
+            store = self.store
+            store._lock.acquire()
+            try:
+                store._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                store._rollback_quietly()
+                store._lock.release()
+                raise store._error("cannot start a write", exc) from None
+            except BaseException:
+                store._lock.release()
+                raise
 
         def __exit__(self, exc_type, exc, tb):
+            store = self.store
             try:
-                self.store._db.execute("ROLLBACK" if exc_type else "COMMIT")
+                if exc_type is not None:
+                    store._rollback_quietly()
+                    return False
+                try:
+                    store._db.execute("COMMIT")
+                except sqlite3.Error as error:
+                    store._rollback_quietly()
+                    raise store._error("cannot save", error) from None
+                return False
             finally:
-                self.store._lock.release()
+                store._lock.release()
+
+    def _rollback_quietly(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:  # SQLite may have rolled back already (e.g. SQLITE_FULL)
+                pass
+
+    def _error(self, doing: str, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            why = (f"another program holds the store's write lock ({text}); close the other "
+                   "geolocsft run or app, or use --store FILE")
+        elif "full" in text or "I/O" in text:
+            why = f"{text} (disk full or failing?); free space and rerun to continue"
+        else:
+            why = text
+        return StoreError(f"{self.path}: {doing}: {why}")
 
     def _transaction(self):
         return ResultStore._Tx(self)
@@ -215,6 +279,7 @@ class ResultStore:
     def put(self, result: PhotoResult) -> None:
         """Insert or replace one result in its own committed transaction."""
         values = [getattr(result, name) for name in _COLUMN_NAMES]
+        values[_PATH_INDEX] = db_path(values[_PATH_INDEX])
         placeholders = ",".join("?" for _ in values)
         with self._transaction():
             self._db.execute(
@@ -229,7 +294,7 @@ class ResultStore:
                 + " AND ".join(f"{c}=?" for c in _KEY_COLUMNS),
                 (key.photo_sha256, key.model_sha256, key.prompt_version, key.settings_hash),
             ).fetchone()
-        return PhotoResult(*row) if row else None
+        return _result_from_row(row) if row else None
 
     def is_done(self, key: ResultKey) -> bool:
         found = self.get(key)
@@ -243,7 +308,7 @@ class ResultStore:
             args = (model_sha256,)
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY path, created_at", args).fetchall()
-        return [PhotoResult(*row) for row in rows]
+        return [_result_from_row(row) for row in rows]
 
     def count(self) -> int:
         with self._lock:
@@ -254,7 +319,8 @@ class ResultStore:
         with self._transaction():
             self._db.execute(
                 "UPDATE results SET path=? WHERE " + " AND ".join(f"{c}=?" for c in _KEY_COLUMNS),
-                (path, key.photo_sha256, key.model_sha256, key.prompt_version, key.settings_hash),
+                (db_path(path), key.photo_sha256, key.model_sha256, key.prompt_version,
+                 key.settings_hash),
             )
 
     # -- exports we wrote
@@ -263,13 +329,15 @@ class ResultStore:
         with self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO exports (path, sha256, written_at) VALUES (?,?,?)",
-                (path, sha256_file(path), datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                (db_path(path), sha256_file(path),
+                 datetime.now(timezone.utc).isoformat(timespec="seconds")),
             )
 
     def is_our_unchanged_export(self, path: str | os.PathLike) -> bool:
         path = os.path.abspath(path)
         with self._lock:
-            row = self._db.execute("SELECT sha256 FROM exports WHERE path=?", (path,)).fetchone()
+            row = self._db.execute("SELECT sha256 FROM exports WHERE path=?",
+                                   (db_path(path),)).fetchone()
         try:
             return row is not None and row[0] == sha256_file(path)
         except OSError:
@@ -285,7 +353,7 @@ class ResultStore:
             return None
         with self._lock:
             row = self._db.execute(
-                "SELECT size, mtime_ns, sha256 FROM file_hashes WHERE path=?", (path,)
+                "SELECT size, mtime_ns, sha256 FROM file_hashes WHERE path=?", (db_path(path),)
             ).fetchone()
         if row and row[0] == stat.st_size and row[1] == stat.st_mtime_ns:
             return row[2]
@@ -303,7 +371,7 @@ class ResultStore:
         with self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, sha256) VALUES (?,?,?,?)",
-                (path, stat.st_size, stat.st_mtime_ns, digest),
+                (db_path(path), stat.st_size, stat.st_mtime_ns, digest),
             )
         return digest
 

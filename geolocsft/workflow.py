@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 DEFAULT_SAMPLED_TEMPERATURE = 0.7
 # Where `locate` writes its exports unless told otherwise (inside the first photo folder).
 EXPORT_FOLDER = "geolocsft-results"
+COPIES_FOLDER = "with-gps"  # --write-exif copies, under the export folder
 
 
 def default_temperature(chosen: float | None, samples: int) -> float:
@@ -132,7 +133,8 @@ def foreign_files(targets: list[tuple[Located, Path]]) -> list[Path]:
 
 
 def write_gps_copies(targets: list[tuple[Located, Path]], *, force: bool = False,
-                     replace_target: bool | None = None, skip: Iterable[Path] = ()):
+                     replace_target: bool | None = None, skip: Iterable[Path] = (),
+                     in_place: bool | None = None):
     """EXIF GPS into each target (`export_xmp.write_exif_gps`: a photo's own GPS is kept unless
     force; a foreign file at the target is replaced only with replace_target). Targets in
     `skip` are left alone. One TagOutcome per photo."""
@@ -146,7 +148,7 @@ def write_gps_copies(targets: list[tuple[Located, Path]], *, force: bool = False
             continue
         try:
             outcomes.append(write_exif_gps(item.photo, target, item.result, force=force,
-                                           replace_target=replace_target))
+                                           replace_target=replace_target, in_place=in_place))
         except Exception as exc:  # one bad photo: say so, go on with the batch
             outcomes.append(TagOutcome(target, "error", str(exc)))
     return outcomes

@@ -167,8 +167,13 @@ def test_pull_gated_needs_a_token(pair, tmp_path, monkeypatch, hub_online, capsy
     with FakeHub(state) as fake:
         assert main(["models", "pull", "tiny-pulled", "--endpoint", fake.url, "--quiet"]) == 2
         assert "HF_TOKEN" in capsys.readouterr().err
+        # Never on the command line (other users see it in ps, the shell keeps it)...
         assert main(["models", "pull", "tiny-pulled", "--endpoint", fake.url, "--quiet",
-                     "--token", "hf_test_token"]) == 0
+                     "--token", "hf_test_token"]) == 2
+        assert "set HF_TOKEN or use --ask-token" in capsys.readouterr().err
+        # ...from the environment (or the --ask-token prompt).
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+        assert main(["models", "pull", "tiny-pulled", "--endpoint", fake.url, "--quiet"]) == 0
     assert manifest.verify_files(root / "tiny-pulled") == []
 
 

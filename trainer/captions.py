@@ -174,6 +174,12 @@ def classify_api_error(exc: BaseException) -> tuple[str, str]:
     return "transient", f"api: {type(exc).__name__}: {exc}"
 
 
+def _is_unreachable(exc: BaseException) -> bool:
+    import anthropic
+
+    return isinstance(exc, anthropic.APIConnectionError)  # includes APITimeoutError
+
+
 async def caption_one(client, pick: Pick, settings: CaptionSettings, writer: Writer,
                       budget: Budget) -> Outcome:
     try:
@@ -183,6 +189,7 @@ async def caption_one(client, pick: Pick, settings: CaptionSettings, writer: Wri
     prompt = get_prompt()
     history: list[Turn] = []
     replies = failures = tokens_in = tokens_out = 0
+    unreachable = True  # every failure so far was "cannot connect": no network, not this image
     last_reason, last_text, model_used = "", "", settings.model
     system_and_truth = teacher_system(prompt) + truth_text(pick.lat, pick.lon, prepared.place)
     while replies < settings.attempts:
@@ -207,8 +214,15 @@ async def caption_one(client, pick: Pick, settings: CaptionSettings, writer: Wri
                                                    attempts=replies, input_tokens=tokens_in,
                                                    output_tokens=tokens_out))
             failures += 1
+            unreachable = unreachable and _is_unreachable(exc)
             log.warning("%s: %s (failure %d of %d)", pick.id, reason, failures, settings.attempts)
             if failures >= settings.attempts:
+                if unreachable and writer.summary.input_tokens == 0:
+                    # Nothing has answered in this run: offline, not a bad image. One line.
+                    raise Fatal(f"no network: cannot reach the API at "
+                                f"{getattr(client, 'base_url', 'the API')} ({reason}); every "
+                                "caption written so far is kept: rerun the same command when "
+                                "connected") from exc
                 return Outcome("pending", reason)
             continue
         finally:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from geolocsft.textsafe import csv_safe, csv_unguard
 from trainer.jsonl import write_bytes_atomic
 
 PICK_COLUMNS = ("id", "image", "lat", "lon")
@@ -56,8 +57,8 @@ def load_picks(path: str | Path) -> tuple[list[Pick], list[str]]:
     picks, warnings, seen = [], [], set()
     with open(path, encoding="utf-8-sig", newline="") as handle:
         for line, row in enumerate(csv.DictReader(handle), start=2):
-            ident = (row.get("id") or "").strip()
-            image = (row.get("image") or "").strip()
+            ident = csv_unguard((row.get("id") or "").strip())
+            image = csv_unguard((row.get("image") or "").strip())
             try:
                 lat, lon = float(row.get("lat") or "nan"), float(row.get("lon") or "nan")
             except ValueError:
@@ -86,5 +87,5 @@ def write_picks(path: str | Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_safe(v) for k, v in row.items()} for row in rows)
     write_bytes_atomic(path, buffer.getvalue().encode("utf-8"))

@@ -151,10 +151,15 @@ def micro_batches(indices: list[int], rank: int, world: int, batch_size: int) ->
 # --- checkpoints ----------------------------------------------------------------------------
 
 def rng_state() -> dict:
+    """Every RNG's state as tensors, ints, strings and tuples only, so a checkpoint loads with
+    torch.load(weights_only=True): a numpy array would need the full unpickler."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                       float(cached)),
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -166,7 +171,8 @@ def set_rng_state(state: dict) -> None:
     import torch
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -242,10 +248,27 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, path: Path) -> dic
         for name, value in weights.items():
             params[name].copy_(value)
     rank = accelerator.process_index
-    optimizer.load_state_dict(torch.load(path / f"optimizer-rank{rank}.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    state["rng"] = torch.load(path / f"rng-rank{rank}.pt", weights_only=False)
+    optimizer.load_state_dict(load_tensors_only(path / f"optimizer-rank{rank}.pt"))
+    scheduler.load_state_dict(load_tensors_only(path / "scheduler.pt"))
+    state["rng"] = load_tensors_only(path / f"rng-rank{rank}.pt")
     return state
+
+
+def load_tensors_only(path: Path):
+    """torch.load with weights_only=True: tensors and plain containers, never arbitrary
+    objects (a checkpoint folder someone else made could run code when unpickled)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SFTError(f"{path}: not loading this checkpoint file: it holds more than tensors "
+                       f"and plain values ({first[:200]})") from None
+    except OSError as exc:
+        raise SFTError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 # --- the record written beside the adapter --------------------------------------------------
