@@ -6,6 +6,9 @@ Screenshots of the main states go to artifacts/screenshots/ at 1280×800."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -444,7 +447,9 @@ def test_the_app_shows_a_stores_results_for_the_chosen_model_at_once(qtbot, sett
     model.mkdir()
     (model / "model-Q8_0.gguf").write_bytes(b"not a real gguf")
     (model / "mmproj-f16.gguf").write_bytes(b"not a real projector")
-    spec = fake_spec("demo")
+    # The store is keyed by the model file as it is (hashed), as ModelSpec.from_folder does.
+    spec = dataclasses.replace(fake_spec("demo"),
+                               model_sha256=hashlib.sha256(b"not a real gguf").hexdigest())
     write_manifest(model, Manifest(
         name="demo-model", family=Family.QWEN25VL.value, base_model="tiny", quant="Q8_0",
         model_file="model-Q8_0.gguf", mmproj_file="mmproj-f16.gguf",
