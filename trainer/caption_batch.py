@@ -22,9 +22,10 @@ import re
 from pathlib import Path
 
 from geolocsft.images import ImageError
-from geolocsft.protocol import get_prompt
+from geolocsft.protocol import PROMPT_VERSION, get_prompt
 from trainer import pricing
-from trainer.caption_plan import Budget, Progress
+from trainer.caption_plan import (LEGACY_IMAGE_PRESET, LEGACY_PROMPT_VERSION, Budget,
+                                  ContractMismatch, Progress)
 from trainer.caption_records import Outcome, Summary, Writer, accepted_record, reject_record
 from trainer.captions import CaptionSettings, Fatal, classify_api_error, prepare
 from trainer.jsonl import write_json_atomic
@@ -50,11 +51,14 @@ def custom_id_for(image_id: str, used: set[str]) -> str:
 
 
 class BatchState:
-    """The state file: batches created (and whether collected) and per-image carry-over."""
+    """The state file: batches created (and whether collected) and per-image carry-over, and
+    the model, prompt version and image preset they were made with (a resume must match)."""
 
-    def __init__(self, path: Path, model: str):
+    def __init__(self, path: Path, model: str, prompt_version: str = PROMPT_VERSION,
+                 image_preset: str = "seed"):
         self.path = path
-        self.data = {"version": STATE_VERSION, "model": model, "batches": [], "carry": {}}
+        self.data = {"version": STATE_VERSION, "model": model, "prompt_version": prompt_version,
+                     "image_preset": image_preset, "batches": [], "carry": {}}
         if path.exists():
             try:
                 loaded = json.loads(path.read_text(encoding="utf-8"))
@@ -67,6 +71,16 @@ class BatchState:
             if loaded.get("model") != model:
                 raise ValueError(f"{path}: batches were made with model {loaded.get('model')!r}, "
                                  f"not {model!r}; use that model or move the state aside")
+            # States written before they named a contract were all gls-v1 / seed.
+            made = (loaded.get("prompt_version", LEGACY_PROMPT_VERSION),
+                    loaded.get("image_preset", LEGACY_IMAGE_PRESET))
+            if made != (prompt_version, image_preset):
+                raise ContractMismatch(
+                    f"{path}: batches were made with prompt version {made[0]!r} and image "
+                    f"preset {made[1]!r}, not {prompt_version!r} and {image_preset!r}; rerun "
+                    f"with --prompt-version {made[0]} --image-preset {made[1]} to collect them")
+            loaded.setdefault("prompt_version", made[0])
+            loaded.setdefault("image_preset", made[1])
             self.data = loaded
 
     def save(self) -> None:
@@ -164,12 +178,14 @@ def _judge_result(result, pick: Pick, state: dict, settings: CaptionSettings, wr
     text = reply_text(message)
     model = getattr(message, "model", None) or settings.model
     verdict = judge(text, getattr(message, "stop_reason", None), pick.lat, pick.lon,
-                    max_km=settings.max_km, answer_source=settings.answer_source)
+                    max_km=settings.max_km, answer_source=settings.answer_source,
+                    prompt_version=settings.prompt_version)
     if verdict.verdict is Verdict.ACCEPTED:
         return writer.accept(accepted_record(
             pick, verdict.target, model=model, input_tokens=state["tokens_in"],
             output_tokens=state["tokens_out"], attempts=state["replies"],
-            place=item.get("place", ""), mode="batch", teacher_answer=verdict.teacher_answer))
+            place=item.get("place", ""), mode="batch", teacher_answer=verdict.teacher_answer,
+            prompt_version=settings.prompt_version, image_preset=settings.image_preset))
     if verdict.verdict is Verdict.REFUSED or state["replies"] >= settings.attempts:
         return writer.reject(reject_record(
             pick, verdict.reason, model=model, attempts=state["replies"],
@@ -183,7 +199,7 @@ async def submit_round(client, queue: list[Pick], settings: CaptionSettings, wri
                        budget: Budget, state: BatchState, finished: set[str]) -> int:
     """Create batches for `queue`, each saved to the state file as soon as it exists. Returns
     how many requests were submitted; stops early when the spending cap is reached."""
-    prompt = get_prompt()
+    prompt = get_prompt(settings.prompt_version)
     system = teacher_system(prompt)
     limit = int(settings.batch_max_mb * 1024 * 1024)
     carry = state.data["carry"]
@@ -240,7 +256,8 @@ async def submit_round(client, queue: list[Pick], settings: CaptionSettings, wri
 
 async def run_batch(client, pending: list[Pick], settings: CaptionSettings, writer: Writer,
                     budget: Budget, state_path: Path, progress: Progress) -> Summary:
-    state = BatchState(Path(state_path), settings.model)
+    state = BatchState(Path(state_path), settings.model, settings.prompt_version,
+                       settings.image_preset)
     picks = {p.id: p for p in pending}
     finished = set(progress.done) | (set() if settings.retry_rejects else set(progress.rejected))
     try:

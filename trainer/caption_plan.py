@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geolocsft.images import default_budget, target_size
+from geolocsft.images import preset_budget, target_size
 from geolocsft.protocol import get_prompt
 from trainer import pricing
 from trainer.jsonl import repair
@@ -18,6 +18,16 @@ if TYPE_CHECKING:
     from trainer.captions import CaptionSettings
 
 
+# What records written before they named their contract were made with: the only prompt
+# version and image budget that existed then.
+LEGACY_PROMPT_VERSION = "gls-v1"
+LEGACY_IMAGE_PRESET = "seed"
+
+
+class ContractMismatch(ValueError):
+    """The output already holds records of another prompt version or image preset."""
+
+
 @dataclass
 class Progress:
     """What is already on disk; both files are repaired (torn tail cut) on load."""
@@ -25,6 +35,30 @@ class Progress:
     done: set[str] = field(default_factory=set)
     rejected: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+    # file -> {(prompt version, image preset): records}
+    contracts: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)
+
+    def check_contract(self, prompt_version: str, image_preset: str) -> None:
+        """Refuse to append to files written under another contract: one dataset, one prompt
+        version and one image preset (train = infer)."""
+        want = (prompt_version, image_preset)
+        for path, found in self.contracts.items():
+            other = {c: n for c, n in found.items() if c != want}
+            if other:
+                (version, preset), n = max(other.items(), key=lambda item: item[1])
+                raise ContractMismatch(
+                    f"{path}: {sum(other.values())} records were written with prompt version "
+                    f"{version!r} and image preset {preset!r}, not {prompt_version!r} and "
+                    f"{image_preset!r}; continue it with --prompt-version {version} "
+                    f"--image-preset {preset}, or write to another --out")
+
+
+def record_contract(record: dict) -> tuple[str, str]:
+    """(prompt version, image preset) of a dataset or reject record."""
+    caption = record.get("caption") if isinstance(record.get("caption"), dict) else {}
+    version = record.get("prompt_version") or LEGACY_PROMPT_VERSION
+    preset = record.get("image_preset") or caption.get("image_preset") or LEGACY_IMAGE_PRESET
+    return str(version), str(preset)
 
 
 def load_progress(out: Path, rejects: Path) -> Progress:
@@ -33,6 +67,12 @@ def load_progress(out: Path, rejects: Path) -> Progress:
         contents = repair(path)
         progress.warnings += contents.warnings
         ids.update(str(r["id"]) for r in contents.records if "id" in r)
+        found: dict[tuple[str, str], int] = {}
+        for record in contents.records:
+            contract = record_contract(record)
+            found[contract] = found.get(contract, 0) + 1
+        if found:
+            progress.contracts[str(path)] = found
     return progress
 
 
@@ -81,7 +121,8 @@ def estimate_one(pick: Pick, settings: CaptionSettings, system: str) -> pricing.
 
     with Image.open(pick.image) as image:
         width, height = image.size
-    width, height = target_size(width, height, default_budget(settings.family))
+    width, height = target_size(width, height,
+                                preset_budget(settings.family, settings.image_preset))
     # The place name is unknown until looked up; ~40 characters is typical.
     text = system + truth_text(pick.lat, pick.lon, "x" * 40)
     return pricing.estimate_request(width, height, text, settings.est_output_tokens)
@@ -90,7 +131,7 @@ def estimate_one(pick: Pick, settings: CaptionSettings, system: str) -> pricing.
 def make_plan(picks: list[Pick], progress: Progress, settings: CaptionSettings,
               batch: bool = False) -> Plan:
     pending = pending_picks(picks, progress, settings.retry_rejects)
-    system = teacher_system(get_prompt())
+    system = teacher_system(get_prompt(settings.prompt_version))
     tokens_in = tokens_out = 0
     unreadable = []
     for pick in pending:

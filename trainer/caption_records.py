@@ -1,5 +1,9 @@
 """What a caption run writes: the dataset record, the reject record, the two append-only
-files, and the tally printed at the end."""
+files, and the tally printed at the end.
+
+Every record names its contract: the prompt version (top level of a dataset record, as the SFT
+step reads it) and the image preset of the photo the teacher saw (`caption.image_preset`; a
+reject carries both at its top level), so a resumed run can refuse to mix contracts."""
 
 from __future__ import annotations
 
@@ -57,16 +61,18 @@ class Summary:
 
 
 def accepted_record(pick: Pick, target: str, *, model: str, input_tokens: int, output_tokens: int,
-                    attempts: int, place: str, mode: str, teacher_answer: dict) -> dict:
+                    attempts: int, place: str, mode: str, teacher_answer: dict,
+                    prompt_version: str = PROMPT_VERSION, image_preset: str = "seed") -> dict:
     return {
         "id": pick.id,
         "image": pick.image,
         "latitude": pick.lat,
         "longitude": pick.lon,
-        "prompt_version": PROMPT_VERSION,
-        "messages": chat_messages(get_prompt(), target=target),
+        "prompt_version": prompt_version,
+        "messages": chat_messages(get_prompt(prompt_version), target=target),
         "caption": {
             "model": model,
+            "image_preset": image_preset,
             "created": now_iso(),
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
@@ -96,12 +102,15 @@ def reject_record(pick: Pick, reason: str, *, model: str, attempts: int, input_t
 
 
 class Writer:
-    """The two append-only outputs of a run, and the tally."""
+    """The two append-only outputs of a run, and the tally. Rejects are stamped with the run's
+    prompt version and image preset (accepted records carry them already)."""
 
-    def __init__(self, out: Path, rejects: Path):
+    def __init__(self, out: Path, rejects: Path, prompt_version: str = PROMPT_VERSION,
+                 image_preset: str = "seed"):
         self.out = JsonlAppender(out)
         self.rejects = JsonlAppender(rejects)
         self.summary = Summary()
+        self.contract = {"prompt_version": prompt_version, "image_preset": image_preset}
 
     def accept(self, record: dict) -> Outcome:
         self.out.append(record)
@@ -110,7 +119,7 @@ class Writer:
         return outcome
 
     def reject(self, record: dict) -> Outcome:
-        self.rejects.append(record)
+        self.rejects.append({**record, **self.contract})
         outcome = Outcome("rejected", record["reason"])
         self.summary.count(outcome)
         return outcome

@@ -2,13 +2,17 @@
 
 Output, one JSON line per accepted image (what the SFT step reads):
   {"id", "image", "latitude", "longitude", "prompt_version",
-   "messages": chat_messages(get_prompt(), target=<caption>),
-   "caption": {"model", "created", "input_tokens", "output_tokens", "attempts", "place", ...}}
+   "messages": chat_messages(get_prompt(prompt_version), target=<caption>),
+   "caption": {"model", "image_preset", "created", "input_tokens", "output_tokens", "attempts",
+               "place", ...}}
 Images the teacher would not or could not caption go to the rejects file with the reason.
 
 Resumable by construction: both files are append-only (one write + fsync per record), a start
 reads the ids already in them and skips those, a torn last line is cut off. Killing the run at
-any moment loses at most the requests in flight and never duplicates a record.
+any moment loses at most the requests in flight and never duplicates a record. A run continues
+only files written under its own prompt version and image preset (`--prompt-version`,
+`--image-preset`): the teacher's format is the student's (train = infer), so one dataset holds
+one contract.
 Online mode (here) runs `concurrency` requests at once on asyncio; `--batch` mode is in
 `trainer.caption_batch`, the plan, cost estimate and spending cap in `trainer.caption_plan`,
 the records and output files in `trainer.caption_records`, the prompt and checks in
@@ -23,8 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from geolocsft.images import Family, ImageError, default_budget, prepare_image
-from geolocsft.protocol import get_prompt
+from geolocsft.images import IMAGE_PRESETS, Family, ImageError, prepare_image, preset_budget
+from geolocsft.protocol import PROMPT_VERSION, get_prompt
 from trainer import pricing
 from trainer.caption_plan import Budget, load_progress, pending_picks
 from trainer.caption_records import Outcome, Summary, Writer, accepted_record, reject_record
@@ -47,6 +51,11 @@ class CaptionSettings:
     timeout: float = 600.0  # seconds per HTTP request
     max_tokens: int = DEFAULT_MAX_TOKENS
     family: Family = Family.QWEN25VL  # whose image budget the teacher's photo follows
+    # The contract the dataset is written under: the student's prompt version (the teacher's
+    # system prompt, the schema its replies are checked against, the records' messages) and
+    # the image preset of the photo the teacher sees.
+    prompt_version: str = PROMPT_VERSION
+    image_preset: str = "seed"
     image_format: str = "jpeg"
     answer_source: AnswerSource = AnswerSource.TRUTH
     max_usd: float | None = None
@@ -67,6 +76,13 @@ class CaptionSettings:
             raise ValueError("concurrency must be at least 1")
         if self.image_format not in ("jpeg", "png"):
             raise ValueError("image format must be jpeg or png")
+        try:
+            get_prompt(self.prompt_version)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        if self.image_preset not in IMAGE_PRESETS:
+            raise ValueError(f"unknown image preset {self.image_preset!r}; known: "
+                             f"{', '.join(IMAGE_PRESETS)}")
 
 
 def rejects_path_for(out: Path) -> Path:
@@ -97,7 +113,7 @@ class Prepared:
 
 
 def prepare(pick: Pick, settings: CaptionSettings) -> Prepared:
-    image = prepare_image(pick.image, default_budget(settings.family))
+    image = prepare_image(pick.image, preset_budget(settings.family, settings.image_preset))
     media_type, data = encode_image(image, settings.image_format)
     return Prepared(pick, media_type, data, place_label(pick.lat, pick.lon), *image.size)
 
@@ -186,7 +202,7 @@ async def caption_one(client, pick: Pick, settings: CaptionSettings, writer: Wri
         prepared = await asyncio.to_thread(prepare, pick, settings)
     except (ImageError, OSError, ValueError) as exc:
         return writer.reject(reject_record(pick, f"image: {exc}", model=settings.model, attempts=0))
-    prompt = get_prompt()
+    prompt = get_prompt(settings.prompt_version)
     history: list[Turn] = []
     replies = failures = tokens_in = tokens_out = 0
     unreachable = True  # every failure so far was "cannot connect": no network, not this image
@@ -238,12 +254,14 @@ async def caption_one(client, pick: Pick, settings: CaptionSettings, writer: Wri
         model_used = getattr(message, "model", None) or settings.model
         last_text = reply_text(message)
         verdict = judge(last_text, getattr(message, "stop_reason", None), pick.lat, pick.lon,
-                        max_km=settings.max_km, answer_source=settings.answer_source)
+                        max_km=settings.max_km, answer_source=settings.answer_source,
+                        prompt_version=settings.prompt_version)
         if verdict.verdict is Verdict.ACCEPTED:
             return writer.accept(accepted_record(
                 pick, verdict.target, model=model_used, input_tokens=tokens_in,
                 output_tokens=tokens_out, attempts=replies, place=prepared.place,
-                mode="messages", teacher_answer=verdict.teacher_answer))
+                mode="messages", teacher_answer=verdict.teacher_answer,
+                prompt_version=settings.prompt_version, image_preset=settings.image_preset))
         last_reason = verdict.reason
         if verdict.verdict is Verdict.REFUSED:
             break
@@ -309,7 +327,8 @@ async def run_online(client, pending: list[Pick], settings: CaptionSettings, wri
 def caption(picks: list[Pick], out: Path, settings: CaptionSettings, *, rejects: Path | None = None,
             batch: bool = False, state: Path | None = None, client=None) -> Summary:
     """Caption every pick not yet in `out` or `rejects`. `client` is an AsyncAnthropic (made
-    from the environment's key when None)."""
+    from the environment's key when None). Raises ContractMismatch when the files hold records
+    of another prompt version or image preset."""
     from trainer.teacher import make_async_client
 
     out = Path(out)
@@ -317,6 +336,7 @@ def caption(picks: list[Pick], out: Path, settings: CaptionSettings, *, rejects:
     progress = load_progress(out, rejects)
     for warning in progress.warnings:
         log.warning("%s", warning)
+    progress.check_contract(settings.prompt_version, settings.image_preset)
     price = pricing.price_for(settings.model, settings.price_input, settings.price_output, batch)
     budget = Budget(settings.max_usd, price)
     pending = pending_picks(picks, progress, settings.retry_rejects)
@@ -328,7 +348,7 @@ def caption(picks: list[Pick], out: Path, settings: CaptionSettings, *, rejects:
         client = make_async_client(base_url=settings.base_url, max_retries=settings.max_retries,
                                    timeout=settings.timeout)
     client = client.with_options(middleware=[*client.middleware, cooldown])
-    writer = Writer(out, rejects)
+    writer = Writer(out, rejects, settings.prompt_version, settings.image_preset)
 
     async def main() -> Summary:
         try:

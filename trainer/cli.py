@@ -128,6 +128,8 @@ def _curate(args) -> int:
 
 
 def _register_caption(steps) -> None:
+    from geolocsft.images import IMAGE_PRESETS
+    from geolocsft.protocol import PROMPT_VERSION, PROMPTS
     from trainer import pricing, teacher
 
     p = steps.add_parser(
@@ -151,6 +153,13 @@ def _register_caption(steps) -> None:
                    help="coordinates in the target's <answer>: the true GPS (default) or the teacher's")
     p.add_argument("--family", default="qwen2.5-vl", choices=["qwen2.5-vl", "gemma3"],
                    help="whose image budget the teacher's photo is prepared with (default qwen2.5-vl)")
+    p.add_argument("--prompt-version", choices=sorted(PROMPTS), default=PROMPT_VERSION,
+                   help=f"the student's prompt and caption format the teacher writes (default "
+                        f"{PROMPT_VERSION}, the seed's; gls-c1 is the fast preset's compact one). "
+                        f"Train with the same version")
+    p.add_argument("--image-preset", choices=IMAGE_PRESETS, default="seed",
+                   help="image budget of the photo the teacher sees: seed (default) or fast "
+                        "(256 image tokens for Qwen2.5-VL). Train with the same preset")
     p.add_argument("--image-format", choices=["jpeg", "png"], default="jpeg")
     p.add_argument("--max-tokens", type=int, default=teacher.DEFAULT_MAX_TOKENS)
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
@@ -177,7 +186,7 @@ def _caption(args) -> int:
     from geolocsft.cli import CliError
     from geolocsft.datasets import DatasetError
     from trainer import captions as cap
-    from trainer.caption_plan import load_progress, make_plan
+    from trainer.caption_plan import ContractMismatch, load_progress, make_plan
     from trainer.picks import PicksError, load_picks
     from trainer.teacher import MissingApiKey, api_key_from_env
 
@@ -188,6 +197,7 @@ def _caption(args) -> int:
             model=args.model, base_url=args.base_url, max_km=args.max_km, attempts=args.attempts,
             concurrency=args.concurrency, max_retries=args.max_retries, timeout=args.timeout,
             max_tokens=args.max_tokens, family=args.family, image_format=args.image_format,
+            prompt_version=args.prompt_version, image_preset=args.image_preset,
             answer_source=args.answer_from, max_usd=args.max_usd, price_input=args.price_input,
             price_output=args.price_output, est_output_tokens=args.est_output_tokens,
             retry_rejects=args.retry_rejects, poll_seconds=args.poll_seconds,
@@ -205,13 +215,23 @@ def _caption(args) -> int:
         out = args.picks.with_name("captions.jsonl")
     rejects = args.rejects or cap.rejects_path_for(out)
     progress = load_progress(out, rejects)
+    state = args.state or cap.state_path_for(out)
+    try:
+        progress.check_contract(settings.prompt_version, settings.image_preset)
+        if args.batch and state.exists():
+            from trainer.caption_batch import BatchState
+
+            BatchState(state, settings.model, settings.prompt_version, settings.image_preset)
+    except ValueError as exc:  # another contract, model or an unreadable state
+        raise CliError(str(exc)) from None
     try:
         plan = make_plan(picks, progress, settings, batch=args.batch)
     except ValueError as exc:  # a price override without its pair
         raise CliError(str(exc)) from None
     for line in plan.lines(settings.model):
         print(line)
-    state = args.state or cap.state_path_for(out)
+    print(f"contract: prompt version {settings.prompt_version}, image preset "
+          f"{settings.image_preset} (train sft with the same)")
     if args.batch and state.exists():
         print(f"resuming the batches recorded in {state} (already paid for; the estimate "
               "above counts their images again)")
@@ -232,6 +252,8 @@ def _caption(args) -> int:
                               state=state)
     except cap.Fatal as exc:
         raise CliError(f"teacher: {exc}") from None
+    except ContractMismatch as exc:  # the files changed since the check above
+        raise CliError(str(exc)) from None
     except KeyboardInterrupt:
         print(f"interrupted: everything finished is in {out}; rerun the same command to continue",
               file=sys.stderr)

@@ -48,13 +48,14 @@ class DataReport:
     total: int = 0
     kept: int = 0
     skipped: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # about the kept records as a whole
 
     def skip(self, line: int, record_id: Any, reason: str) -> None:
         self.skipped.append({"line": line, "id": record_id, "reason": reason})
 
     def to_dict(self) -> dict:
         return {"source": self.source, "total": self.total, "kept": self.kept,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "warnings": self.warnings}
 
     def summary(self) -> str:
         text = f"{self.source}: {self.kept} of {self.total} records kept"
@@ -64,6 +65,8 @@ class DataReport:
                 text += f"\n  line {item['line']} (id {item['id']}): {item['reason']}"
             if len(self.skipped) > 10:
                 text += f"\n  ... and {len(self.skipped) - 10} more (see data_report.json)"
+        for warning in self.warnings:
+            text += f"\nwarning: {warning}"
         return text
 
 
@@ -101,20 +104,29 @@ def load_records(
     path: str | Path,
     budget: Any = None,
     allow_prompt_mismatch: bool = False,
+    prompt_version: str = protocol.PROMPT_VERSION,
+    image_preset: str | None = None,
 ) -> tuple[list[SFTRecord], DataReport]:
     """Read an SFT JSONL. Bad rows (no GPS, missing or unreadable image, duplicate id, broken
-    JSON, no assistant text) are skipped into the report. Records written with another prompt
-    are refused as a whole unless `allow_prompt_mismatch`. With a `budget`, each image is opened
-    and prepared once so a corrupt file is caught here rather than in the middle of training."""
+    JSON, no assistant text) are skipped into the report. Records written with a prompt other
+    than `prompt_version`'s (the configured one) are refused as a whole unless
+    `allow_prompt_mismatch`. With a `budget`, each image is opened and prepared once so a
+    corrupt file is caught here rather than in the middle of training. With an `image_preset`,
+    records whose teacher saw the photo at another preset (`caption.image_preset`) are counted
+    into a warning: the caption may name details the student cannot see at its budget."""
     path = Path(path)
     if not path.is_file():
         raise SFTDataError(f"{path}: SFT data file not found")
     base = path.parent
-    current = protocol.chat_messages(protocol.get_prompt())
+    try:
+        current = protocol.chat_messages(protocol.get_prompt(prompt_version))
+    except KeyError as exc:
+        raise SFTDataError(exc.args[0]) from None
     report = DataReport(str(path))
     records: list[SFTRecord] = []
     seen: set[str] = set()
     mismatched: dict[str, int] = {}
+    other_presets: dict[str, int] = {}
     with open(path, encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
@@ -149,7 +161,7 @@ def load_records(
                 report.skip(line_no, record_id, f"bad messages: {exc}")
                 continue
             version = str(row.get("prompt_version", ""))
-            if version != protocol.PROMPT_VERSION or _without_images(messages[:-1]) != current:
+            if version != prompt_version or _without_images(messages[:-1]) != current:
                 mismatched[version or "(none)"] = mismatched.get(version or "(none)", 0) + 1
                 if not allow_prompt_mismatch:
                     continue
@@ -168,6 +180,10 @@ def load_records(
                 except (ImageError, OSError, ValueError) as exc:
                     report.skip(line_no, record_id, f"unreadable image: {exc}")
                     continue
+            caption = row.get("caption") if isinstance(row.get("caption"), dict) else {}
+            seen_at = caption.get("image_preset")
+            if image_preset and seen_at and seen_at != image_preset:
+                other_presets[str(seen_at)] = other_presets.get(str(seen_at), 0) + 1
             seen.add(record_id)
             records.append(
                 SFTRecord(record_id, image, lat, lon, _without_images(messages), target))
@@ -175,10 +191,17 @@ def load_records(
         counts = ", ".join(f"{v}: {n}" for v, n in sorted(mismatched.items()))
         raise SFTDataError(
             f"{path}: {sum(mismatched.values())} records were written with a prompt other than "
-            f"the current {protocol.PROMPT_VERSION!r} ({counts}); recaption them, or pass "
-            f"--allow-prompt-mismatch to train on their own prompt"
+            f"the current {prompt_version!r} ({counts}); train with --prompt-version set to "
+            f"theirs, recaption them, or pass --allow-prompt-mismatch to train on their own "
+            f"prompt"
         )
     report.kept = len(records)
+    if other_presets:
+        counts = ", ".join(f"{p}: {n}" for p, n in sorted(other_presets.items()))
+        report.warnings.append(
+            f"{sum(other_presets.values())} records were captioned from photos at another image "
+            f"preset than {image_preset!r} ({counts}); the teacher may describe details the "
+            f"model cannot see at this budget (recaption with --image-preset {image_preset})")
     if not records:
         raise SFTDataError(f"{path}: no usable records\n{report.summary()}")
     return records, report

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geolocsft import __version__, protocol
-from geolocsft.images import Family, ImageBudget, default_budget
+from geolocsft import __version__
+from geolocsft.images import Family, ImageBudget, preset_budget
 from trainer.collate import SFTCollator, load_records, split_holdout
 from trainer.jsonl import write_json_atomic
 from trainer.lora import apply_lora, family_from_model_type
@@ -64,13 +64,14 @@ def read_family(cfg: SFTConfig) -> Family:
 
 
 def image_budget(family: Family, processor: Any, cfg: SFTConfig) -> ImageBudget:
-    """The family's inference budget, never more than the checkpoint's processor accepts (tiny
-    test models have tiny processors), unless the config sets pixels explicitly."""
+    """The budget of the configured image preset (what inference uses), never more than the
+    checkpoint's processor accepts (tiny test models have tiny processors), unless the config
+    sets pixels explicitly."""
     size = getattr(processor.image_processor, "size", None) or {}
+    default = preset_budget(family, cfg.image_preset)
     if family is Family.GEMMA3:
-        side = size.get("height") or default_budget(family).fixed_side
+        side = size.get("height") or default.fixed_side
         return ImageBudget(family, fixed_side=int(side))
-    default = default_budget(family)
     max_pixels = cfg.max_pixels or min(default.max_pixels,
                                        size.get("longest_edge") or default.max_pixels)
     min_pixels = cfg.min_pixels or max(default.min_pixels, size.get("shortest_edge") or 0)
@@ -361,13 +362,15 @@ def train(cfg: SFTConfig) -> dict:
     family = read_family(cfg)
     processor = AutoProcessor.from_pretrained(cfg.model)
     budget = image_budget(family, processor, cfg)
-    records, report = load_records(cfg.data, budget, cfg.allow_prompt_mismatch)
+    records, report = load_records(cfg.data, budget, cfg.allow_prompt_mismatch,
+                                   cfg.prompt_version, cfg.image_preset)
     if is_main:
         log(report.summary())
         write_json_atomic(run_dir / "data_report.json", report.to_dict())
     if cfg.eval_data:
         train_records = records
-        eval_records, eval_report = load_records(cfg.eval_data, budget, cfg.allow_prompt_mismatch)
+        eval_records, eval_report = load_records(cfg.eval_data, budget, cfg.allow_prompt_mismatch,
+                                                 cfg.prompt_version, cfg.image_preset)
         if is_main:
             log(eval_report.summary())
     else:
@@ -484,7 +487,9 @@ def train(cfg: SFTConfig) -> dict:
     save_adapter(accelerator, model, processor, adapter_dir, base_model)
     summary: dict[str, Any] = {
         "config": cfg.to_dict(), "family": family.value, "base_model": base_model,
-        "prompt_version": protocol.PROMPT_VERSION, "image_budget": budget.to_dict(),
+        # The contract the converter copies into the manifest (inference follows it).
+        "prompt_version": cfg.prompt_version, "image_preset": cfg.image_preset,
+        "image_budget": budget.to_dict(),
         "data": {"path": str(Path(cfg.data).resolve()),
                  "sha256": data_fingerprint(Path(cfg.data), records) if is_main else "",
                  "records": report.kept, "skipped": len(report.skipped),

@@ -19,6 +19,9 @@ HELP = {
     "train_projector": "also train the vision-to-text projector in full (off by default)",
     "expect_world_size": "stop unless exactly this many processes were launched",
     "eval_fraction": "share of the data held out for the end-of-run evaluation (0: none)",
+    "prompt_version": "prompt version the data was captioned with and the model will be "
+                      "prompted with (gls-c1: the fast preset's compact caption)",
+    "image_preset": "named image budget: seed, or fast (256 image tokens)",
 }
 
 
@@ -45,7 +48,8 @@ def register(train_subparsers) -> None:
         "-m trainer.sft_cli ... (see docs/training.md).",
     )
     parser.add_argument("--preset", choices=PRESETS, default="seed",
-                        help="seed: the paper (rank 32, 1 epoch); official: the released code")
+                        help="seed: the paper (rank 32, 1 epoch); official: the released code; "
+                             "fast: the seed's recipe with prompt gls-c1 and image preset fast")
     parser.add_argument("--config", dest="config_file", metavar="FILE",
                         help="TOML file of settings (top level or under [sft])")
     parser.add_argument("--print-config", action="store_true",

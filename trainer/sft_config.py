@@ -2,6 +2,9 @@
 
     defaults of `SFTConfig`  <  preset (trainer/configs/<preset>.toml)  <  --config FILE  <  flags
 
+Presets: `seed` (the paper), `official` (the released code's hyper-parameters), `fast` (the
+seed's recipe under the fast preset's contract: prompt gls-c1, image preset fast).
+
 Every field is a command-line flag of `geolocsft train sft` (`lora_rank` -> `--lora-rank`), so
 any value of a preset or config file can be overridden for one run. The dataclass defaults are
 the `seed` preset (the paper), and a test keeps `configs/seed.toml` equal to them.
@@ -15,8 +18,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from geolocsft.protocol import PROMPT_VERSION
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-PRESETS = ("seed", "official")
+PRESETS = ("seed", "official", "fast")
 
 
 class ConfigError(ValueError):
@@ -31,7 +36,13 @@ class SFTConfig:
     output_dir: str = "runs/sft"
     family: str = ""  # "qwen2.5-vl" | "gemma3"; empty: read from the model's config.json
     allow_prompt_mismatch: bool = False  # train on records from another prompt version
-    # Image budget; 0 keeps the family's default from geolocsft.images (what inference uses).
+    # The contract the model is trained for, recorded in training_record.json and from there
+    # in the model folder's manifest, which inference follows (train = infer): the prompt
+    # version the records must be written with, and the named image budget ("seed": the
+    # paper's; "fast": 256 image tokens, see geolocsft.images.preset_budget).
+    prompt_version: str = PROMPT_VERSION
+    image_preset: str = "seed"
+    # Image budget; 0 keeps the preset's budget from geolocsft.images (what inference uses).
     max_pixels: int = 0
     min_pixels: int = 0
 
@@ -102,6 +113,15 @@ class SFTConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        from geolocsft.images import IMAGE_PRESETS
+        from geolocsft.protocol import PROMPTS
+
+        if self.prompt_version not in PROMPTS:
+            raise ConfigError(f"prompt_version must be one of {', '.join(sorted(PROMPTS))}, "
+                              f"got {self.prompt_version!r}")
+        if self.image_preset not in IMAGE_PRESETS:
+            raise ConfigError(f"image_preset must be one of {', '.join(IMAGE_PRESETS)}, got "
+                              f"{self.image_preset!r}")
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(SFTConfig)}

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from geolocsft.geo import distance_km
-from geolocsft.protocol import Answer, Prompt, format_target, parse_output, validate_analysis
+from geolocsft.protocol import (PROMPT_VERSION, Answer, Prompt, format_target, parse_output,
+                                validate_analysis)
 
 # Current Sonnet at the time of writing (claude-sonnet-4-5 is deprecated in the SDK; the paper
 # used Claude 3.7 Sonnet, the official code Gemini 2.5 Pro). A setting: --model.
@@ -120,15 +121,17 @@ def reply_text(message) -> str:
 
 
 def judge(text: str, stop_reason: str | None, lat: float, lon: float, *,
-          max_km: float = DEFAULT_MAX_KM, answer_source: AnswerSource = AnswerSource.TRUTH) -> Judgement:
-    """Accept a reply as a training target, or say why not."""
+          max_km: float = DEFAULT_MAX_KM, answer_source: AnswerSource = AnswerSource.TRUTH,
+          prompt_version: str = PROMPT_VERSION) -> Judgement:
+    """Accept a reply as a training target, or say why not. The analysis must follow the
+    schema of `prompt_version`, the version the teacher was prompted with."""
     if stop_reason == "refusal":
         return Judgement(Verdict.REFUSED, "refusal: the teacher declined (stop_reason refusal)")
     parsed = parse_output(text)
     if not parsed.ok:
         cut = " (reply cut off at max_tokens)" if stop_reason == "max_tokens" else ""
         return Judgement(Verdict.RETRY, f"{parsed.status.value}: {parsed.reason}{cut}")
-    problems = validate_analysis(parsed.analysis)
+    problems = validate_analysis(parsed.analysis, prompt_version)
     if problems:
         return Judgement(Verdict.RETRY, "analysis: " + "; ".join(problems))
     km = distance_km(parsed.latitude, parsed.longitude, lat, lon)
