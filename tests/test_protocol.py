@@ -48,6 +48,9 @@ def test_prompt_is_not_changed_silently():
     assert get_prompt("gls-v1").fingerprint() == (
         "efdf524cf1074f0ae0a9a63c667c97110d0d3024479f468c7156417e46e707ca"
     )
+    assert get_prompt("gls-c1").fingerprint() == (
+        "e98c9de89a5409ce1aa875bfab9d8a6e7f89e1404a62206aa938aa6e5c10491e"
+    )
 
 
 def test_prompt_asks_for_both_scales_and_the_exact_format():
@@ -392,3 +395,23 @@ def test_grammar_admits_targets_and_rejects_other_shapes(vocab_model):
     missing_key = json.loads(json.dumps(ANALYSIS))
     del missing_key["micro_1km"]["soil"]
     assert not _grammar_admits(vocab_model, grammar, format_target(missing_key, PARIS))
+
+
+def test_compact_version_has_its_own_schema_and_grammar():
+    """gls-c1 (the fast preset): one phrase per scale; its targets validate under it and not
+    under gls-v1, and its grammar names exactly its keys in order."""
+    from geolocsft.protocol import COMPACT_KEYS, SCHEMAS, format_target
+
+    compact = {"context_25km": "temperate valley, old town", "cues_1km": "cobbles, plane trees",
+               "eliminated": [{"region": "Belgium", "why": "no bilingual signs"}],
+               "conclusion": "central Paris"}
+    assert tuple(key for key, _ in SCHEMAS["gls-c1"]) == COMPACT_KEYS
+    assert validate_analysis(compact, "gls-c1") == []
+    assert validate_analysis(compact) and validate_analysis(ANALYSIS, "gls-c1")
+    assert validate_analysis(dict(compact, cues_1km=""), "gls-c1") == ["cues_1km is empty"]
+    grammar = answer_grammar("gls-c1")
+    line = grammar.splitlines()[1]
+    assert [k for k in COMPACT_KEYS if k in line] == list(COMPACT_KEYS)
+    assert "regional_25km" not in grammar
+    text = format_target(compact, Answer(48.8566, 2.3522, "Ile-de-France", "France", 0.35))
+    assert parse_output(text).analysis == compact
