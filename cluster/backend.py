@@ -75,6 +75,8 @@ def connect(options: ClusterOptions) -> bool:
             store = options.object_store_mb
             ray.init(include_dashboard=False,
                      object_store_memory=store * 1024 * 1024 if store else None, **common)
+        elif options.address.startswith("ray://"):  # Ray Client takes fewer options
+            ray.init(address=options.address, runtime_env=common["runtime_env"])
         else:
             ray.init(address=options.address, **common)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError from ray.init
@@ -106,6 +108,7 @@ class ClusterEngine:
         self._owns_connection = connect(options)
         try:
             self.actors = options.actors or self._default_actors()
+            self._warn_if_oversized()
             self.settings()  # load the model once on a worker: a bad model fails here
         except BaseException:
             self.close()
@@ -118,6 +121,20 @@ class ClusterEngine:
         if self.options.gpus_per_actor > 0:
             return max(1, int(resources.get("GPU", 0) // self.options.gpus_per_actor))
         return max(1, int(resources.get("CPU", 1) // self.options.threads_per_actor))
+
+    def _warn_if_oversized(self) -> None:
+        """A pool bigger than the cluster waits for nodes to join (an autoscaler may add them):
+        say so rather than look hung."""
+        import ray
+
+        resources = ray.cluster_resources()
+        for name, per_actor in (("CPU", self.options.threads_per_actor),
+                                ("GPU", self.options.gpus_per_actor)):
+            need, have = self.actors * per_actor, resources.get(name, 0)
+            if need > have:
+                print(f"geolocsft: warning: {self.actors} actors need {need:g} {name}s, the "
+                      f"cluster has {have:g} now; the run waits for nodes to join",
+                      file=sys.stderr)
 
     def settings(self, *, samples: int = 1, temperature: float = 0.0) -> dict:
         import ray

@@ -56,8 +56,15 @@ def ray_cluster():
     """One Ray instance for the module; the CLI under test finds it connected (in-process) or
     joins it by address (subprocesses)."""
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
+                     log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+            break
+        except Exception:  # Ray gives its raylet 30 s to start: not always enough on a busy CI box
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -73,6 +80,18 @@ def rows_by_photo(store_path) -> dict[str, dict]:
     rows = [dict(r) for r in db.execute("SELECT * FROM results")]
     db.close()
     return {r["path"]: r for r in rows}
+
+
+def stored_count(store_path) -> int:
+    """Rows in a store another process is writing (0 before it has made its table)."""
+    try:
+        db = sqlite3.connect(store_path, timeout=5)
+        try:
+            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.OperationalError:
+        return 0
 
 
 def texts(row) -> list[tuple]:
@@ -207,13 +226,7 @@ def test_killed_driver_rerun_computes_only_the_missing_photos(tmp_path, tiny_qwe
     deadline, done = time.time() + 180, 0
     try:
         while time.time() < deadline and proc.poll() is None:
-            if store.exists():
-                try:
-                    db = sqlite3.connect(store, timeout=5)
-                    done = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-                    db.close()
-                except sqlite3.OperationalError:
-                    done = 0  # table not created yet
+            done = stored_count(store) if store.exists() else 0
             if done >= 3:
                 break
             time.sleep(0.02)
@@ -269,7 +282,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_is_stored(tmp_path, tiny_qwen_folde
     deadline = time.time() + 180
     try:
         while time.time() < deadline and proc.poll() is None:
-            if store.exists() and len(rows_by_photo(store)) >= 3:
+            if store.exists() and stored_count(store) >= 3:
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
