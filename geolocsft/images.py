@@ -435,8 +435,9 @@ def _gps_of(image: Image.Image) -> tuple[float, float] | None:
     return lat, lon
 
 
-def read_photo_bytes(path: str | os.PathLike) -> bytes:
-    """A photo file's bytes; ImageError naming it when it cannot be read or is empty."""
+def read_photo_bytes(path: str | os.PathLike, *, allow_empty: bool = False) -> bytes:
+    """A photo file's bytes; ImageError naming it when it cannot be read or (unless
+    allow_empty: the caller keys an error row by the empty file's hash) is empty."""
     label = os.fspath(path)
     try:
         data = Path(label).read_bytes()
@@ -446,7 +447,7 @@ def read_photo_bytes(path: str | os.PathLike) -> bytes:
         raise ImageError(label, "is a folder, not an image file") from None
     except OSError as exc:
         raise ImageError(label, f"cannot read file ({exc.strerror or exc})") from None
-    if not data:
+    if not data and not allow_empty:
         raise ImageError(label, "empty file (0 bytes)")
     return data
 

@@ -196,14 +196,15 @@ class LocateRunner:
             data = None
             sha = self.store.cached_sha256(item.path)
             if sha is None:
-                data = read_photo_bytes(item.path)
+                # An empty file is keyed too, so its error row is stored like any bad photo's.
+                data = read_photo_bytes(item.path, allow_empty=True)
                 sha = self.store.photo_sha256(item.path, data)
             prepared.key = ResultKey(sha, self.model_sha256, self.prompt_version, self.settings_hash)
             existing = self.store.get(prepared.key)
             if existing is not None and existing.status == Status.DONE:
                 prepared.existing = existing
                 return prepared
-            if data is None:
+            if not data:  # not read yet (hash from the cache), or an empty file
                 data = read_photo_bytes(item.path)
             prepared.image, prepared.truth = prepare_photo(data, self.budget, str(item.path))
         except Exception as exc:  # any bad file is one error line; the batch goes on
