@@ -190,7 +190,17 @@ def run(model_folder: Path, screenshot: Path | None = None) -> str:
         read_back = _step("exif", read_gps, photo)
         if read_back is None or abs(read_back[0] - truth[0]) > 1e-4:
             raise SelfTestError(f"exif: GPS read back as {read_back}, expected {truth}")
-        found = _step("geolocate", geolocate, model_folder, photo)
+        # Loading a model records its hash in the cache folder: keep that in the scratch
+        # folder, so a self-test leaves nothing behind in the user's home.
+        previous = os.environ.get("GEOLOCSFT_CACHE")
+        os.environ["GEOLOCSFT_CACHE"] = str(scratch / "cache")
+        try:
+            found = _step("geolocate", geolocate, model_folder, photo)
+        finally:
+            if previous is None:
+                os.environ.pop("GEOLOCSFT_CACHE", None)
+            else:
+                os.environ["GEOLOCSFT_CACHE"] = previous
         lat, lon = found["point"]
         from geolocsft import places
 
