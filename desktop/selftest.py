@@ -141,6 +141,12 @@ def open_window(scratch: Path) -> float:
     QApplication.processEvents()
     shown_s = time.perf_counter() - t0
     window.close()
+    # Background jobs (map levels, thumbnails) finish before the window goes: a job that
+    # signals a deleted view crashes the process under load.
+    from PySide6.QtCore import QThreadPool
+
+    for pool in window.findChildren(QThreadPool):
+        pool.waitForDone(10_000)
     QApplication.processEvents()
     return shown_s
 
