@@ -421,8 +421,6 @@ class Engine:
         sequence, sharing the cached instruction prefix, then all are decoded in one batch per
         step. At most `parallel` at a time (more are done in groups). Greedy results equal
         `locate`'s, photo by photo. on_token(i, piece) streams photo i's text. One guess each."""
-        from geolocsft.engine_mtmd import NativeError
-
         if self._model is None:
             raise EngineError(f"{self.spec.gguf}: the engine is closed")
         images = list(images)
@@ -432,10 +430,12 @@ class Engine:
             offset = start
             stream = (None if on_token is None
                       else lambda i, piece, _o=offset: on_token(_o + i, piece))
-            results += self._locate_group(group, stream, cancel, temperature, NativeError, _replay)
+            results += self._locate_group(group, stream, cancel, temperature, _replay)
         return results
 
-    def _locate_group(self, group, on_token, cancel, temperature, native_error, replay):
+    def _locate_group(self, group, on_token, cancel, temperature, replay):
+        from geolocsft.engine_mtmd import NativeError
+
         results = [LocateResult() for _ in group]
         if cancel is not None and cancel.is_set():
             for r in results:
@@ -454,7 +454,7 @@ class Engine:
                     try:
                         got = self._model.evaluate_prompt(self._prompt_text, rgb, reuse_prefix=True,
                                                           cancel=cancel, seq_id=slot)
-                    except (native_error, RuntimeError) as exc:
+                    except (NativeError, RuntimeError) as exc:
                         raise EngineError(f"{_label(group[slot])}: inference failed: {exc}") from None
                     if got is None:
                         for r in results:
@@ -468,7 +468,7 @@ class Engine:
                         grammar=self._grammar_text, on_piece=on_token, cancel=cancel,
                         jump_forward=self.jump_forward,
                         replays=[replay] * len(group) if replay is not None else None)
-                except (native_error, RuntimeError) as exc:
+                except (NativeError, RuntimeError) as exc:
                     raise EngineError(f"{_label(group[0])} and {len(group) - 1} more: "
                                       f"inference failed: {exc}") from None
             finally:

@@ -233,6 +233,13 @@ class LocateRunner:
         compute_s = 0.0
         group: list[_Prepared] = []
 
+        def update_eta() -> None:
+            """Seconds per computed photo so far, times the photos left to compute."""
+            if progress.computed:
+                progress.s_per_photo = compute_s / progress.computed
+                left = max(0, progress.total - progress.processed - len(known_done))
+                progress.eta_s = progress.s_per_photo * left
+
         def run_group() -> bool:
             """Decode the held group; False when cancelled."""
             nonlocal compute_s
@@ -251,10 +258,7 @@ class LocateRunner:
                 progress.computed += outcome.action == "computed"
                 progress.errors += outcome.action == "error"
                 self._notify(outcome)
-            if progress.computed:
-                progress.s_per_photo = compute_s / progress.computed
-                left = max(0, progress.total - progress.processed - len(known_done))
-                progress.eta_s = progress.s_per_photo * left
+            update_eta()
             return True
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geolocsft-prepare")
@@ -304,10 +308,7 @@ class LocateRunner:
                         progress.errors += 1
                 summary.outcomes.append(outcome)
                 progress.processed += 1
-                if progress.computed:
-                    progress.s_per_photo = compute_s / progress.computed
-                    left = max(0, progress.total - progress.processed - len(known_done))
-                    progress.eta_s = progress.s_per_photo * left
+                update_eta()
                 self._notify(outcome)
             if group and not summary.cancelled and not self.cancel.is_set():
                 run_group()  # the last photos, held while skipped or failed ones went by
