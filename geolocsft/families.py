@@ -1,0 +1,207 @@
+"""Model families: the one place that states what differs between the vision-language models
+geolocsft fine-tunes and runs, as data. The engine, image preparation, trainer, converter,
+benchmark and demo read these entries; no other module names a family (tests/test_families.py
+checks that). The converter's family modules (`convert/families/<module>.py`) hold the code
+that has to know a checkpoint's files: the tiny-model factory, converter preparation, reading
+a checkpoint's image budget and the stock chat handler.
+
+Adding a family: an entry here, a converter family module, its published configs under
+`convert/configs/` (for the benchmark's skeletons) and catalog entries (docs/families.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+
+class UnknownFamilyError(ValueError):
+    """A family name (or architecture) no entry here describes."""
+
+
+@dataclass(frozen=True)
+class ImageRule:
+    """How the family's processor sizes a photo, and the seed's budget for it.
+
+    resize:
+      "smart":  sides rounded to multiples of `factor`, then scaled together so the area lies
+                within [min_pixels, max_pixels] (Qwen-VL processors); tokens = area / factor².
+      "square": squashed to fixed_side x fixed_side (Gemma 3 without pan-and-scan); a fixed
+                `tokens` per image.
+      "fit":    scaled to the largest size whose sides are multiples of `factor` and whose area
+                is at most max_pixels, aspect kept (Gemma 4); tokens = area / factor².
+    """
+
+    resize: str
+    factor: int = 0  # side multiple: patch size x merge (or pooling) size
+    min_pixels: int = 0
+    max_pixels: int = 0  # the seed's budget
+    max_aspect: int = 0  # longest/shortest side the processor accepts (0: no limit)
+    fixed_side: int = 0
+    tokens: int = 0  # "square": tokens per image
+    fast_tokens: int = 256  # the fast preset's vision tokens (docs/performance.md)
+    allowed_tokens: tuple[int, ...] = ()  # token budgets the processor accepts (empty: any)
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("smart", "square", "fit"):
+            raise ValueError(f"unknown resize rule {self.resize!r}")
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """Where a checkpoint's parts sit (transformers 5 module paths), and which language-model
+    modules LoRA adapts: `targets` matches the path after `<language_model>.layers.N.`, and
+    `per_layer` says how many targets each layer type has ("" for layers without a type)."""
+
+    language_model: str
+    vision_tower: str
+    projector: str
+    targets: str = r"(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+    per_layer: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({"": 7}))
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """The demo's SFT on this family's tiny model (`geolocsft train sft` flags on top of the
+    seed preset) and the room its HF evaluation needs for an answer (docs/demo.md)."""
+
+    sft_flags: tuple[str, ...]
+    eval_max_new_tokens: int
+    in_ci: bool = False  # the default test run checks this family's demo accuracy
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str  # what manifests, training records and stores carry, e.g. "qwen2.5-vl"
+    title: str  # for people, e.g. "Qwen2.5-VL"
+    model_types: tuple[str, ...]  # config.json model_type of its checkpoints
+    hf_architectures: tuple[str, ...]  # config.json architectures
+    gguf_architectures: tuple[str, ...]  # general.architecture of its text GGUF
+    projector_types: tuple[str, ...]  # clip.projector_type of its mmproj GGUF
+    converter_module: str  # convert.families.<module>
+    image: ImageRule
+    # What the HF chat template writes where the image goes (the processor expands it at
+    # training time; mtmd's marker takes its place at inference), and the text around it.
+    image_placeholder: str
+    placeholder_wrap: str
+    end_of_turn: str  # the token the template writes after an assistant turn
+    layout: ModelLayout
+    demo: DemoRecipe
+    base_models: tuple[str, ...] = ()  # released checkpoints the converter takes
+    # Released sizes as full-size random-weight skeletons: name -> convert/configs/<file>.
+    skeletons: Mapping[str, str] = field(default_factory=dict)
+    # Sliding-window attention layers keep the full cache (else the prompt prefix is dropped).
+    full_swa_cache: bool = False
+    # Part of the language model is recurrent: its state cannot be cut back to a position, so
+    # the engine re-reads the prompt per photo and does not draft grammar-forced tokens.
+    recurrent: bool = False
+    notes: str = ""  # status and caveats, shown in docs/families.md
+
+
+_QWEN_LAYOUT = ModelLayout("model.language_model", "model.visual", "model.visual.merger")
+
+_COMMON_DEMO_FLAGS = ("--batch-size", "2", "--learning-rate", "2e-3", "--warmup-steps", "3",
+                      "--lora-dropout", "0", "--train-projector")
+
+FAMILIES: tuple[FamilySpec, ...] = (
+    FamilySpec(
+        name="qwen2.5-vl",
+        title="Qwen2.5-VL",
+        model_types=("qwen2_5_vl",),
+        hf_architectures=("Qwen2_5_VLForConditionalGeneration",),
+        gguf_architectures=("qwen2vl",),
+        projector_types=("qwen2.5vl_merger", "qwen25vl"),
+        converter_module="convert.families.qwen25vl",
+        # 14 px patches merged 2x2; the paper's budget of 1,280 vision tokens; min is Qwen's 56².
+        image=ImageRule("smart", factor=28, min_pixels=56 * 56, max_pixels=1280 * 28 * 28,
+                        max_aspect=200),
+        image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        placeholder_wrap="{marker}",
+        end_of_turn="<|im_end|>",
+        layout=_QWEN_LAYOUT,
+        # The tiny Qwen needs 12 epochs with the rate decaying to 0: at a constant rate its
+        # greedy answers kept slipping a token out of the memorised caption (docs/demo.md).
+        demo=DemoRecipe(("--epochs", "12", "--lr-scheduler", "cosine", *_COMMON_DEMO_FLAGS),
+                        eval_max_new_tokens=256, in_ci=True),
+        base_models=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct",
+                     "Qwen/Qwen2.5-VL-32B-Instruct", "Qwen/Qwen2.5-VL-72B-Instruct"),
+        skeletons=MappingProxyType({"qwen2.5-vl-3b-instruct": "qwen2.5-vl-3b-instruct.json"}),
+        notes="the seed's family",
+    ),
+    FamilySpec(
+        name="gemma3",
+        title="Gemma 3",
+        model_types=("gemma3",),
+        hf_architectures=("Gemma3ForConditionalGeneration",),
+        gguf_architectures=("gemma3",),
+        projector_types=("gemma3",),
+        converter_module="convert.families.gemma3",
+        image=ImageRule("square", fixed_side=896, tokens=256),
+        image_placeholder="<start_of_image>",
+        placeholder_wrap="\n\n{marker}\n\n",
+        end_of_turn="<end_of_turn>",
+        layout=ModelLayout("model.language_model", "model.vision_tower",
+                           "model.multi_modal_projector"),
+        # Gemma 3 learns the renders in 4 epochs at a constant rate (100 % held out); a template
+        # target is ~300 tokens of the tiny model's small SentencePiece vocabulary.
+        demo=DemoRecipe(("--epochs", "4", "--lr-scheduler", "constant", *_COMMON_DEMO_FLAGS),
+                        eval_max_new_tokens=420, in_ci=True),
+        base_models=("google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it",
+                     "google/gemma-3-4b-pt", "google/gemma-3-12b-pt", "google/gemma-3-27b-pt"),
+        skeletons=MappingProxyType({"gemma-3-4b-it": "gemma-3-4b-it.json"}),
+        full_swa_cache=True,
+        notes="the seed's second family",
+    ),
+)
+
+# The seed's family: the default wherever a family is not given or read from a model.
+DEFAULT = FAMILIES[0].name
+
+_BY_NAME = {spec.name: spec for spec in FAMILIES}
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_BY_NAME)
+
+
+def get(family: str | FamilySpec) -> FamilySpec:
+    """The entry for a family name (or the entry itself); one clear error otherwise."""
+    if isinstance(family, FamilySpec):
+        return family
+    try:
+        return _BY_NAME[str(family)]
+    except KeyError:
+        raise UnknownFamilyError(
+            f"unknown model family {family!r}; known: {', '.join(_BY_NAME)}") from None
+
+
+def _lookup(attribute: str, value: str, what: str) -> FamilySpec:
+    for spec in FAMILIES:
+        if value in getattr(spec, attribute):
+            return spec
+    known = ", ".join(sorted(v for spec in FAMILIES for v in getattr(spec, attribute)))
+    raise UnknownFamilyError(f"{what} {value!r} is not supported (supported: {known})")
+
+
+def by_model_type(model_type: str) -> FamilySpec:
+    """The family of a Hugging Face checkpoint, from its config.json model_type."""
+    return _lookup("model_types", model_type, "model_type")
+
+
+def by_gguf_architecture(arch: str) -> FamilySpec:
+    """The family of a text GGUF, from its general.architecture."""
+    return _lookup("gguf_architectures", arch, "GGUF architecture")
+
+
+def skeleton_family(name: str) -> tuple[FamilySpec, str]:
+    """(family, config file) of a full-size skeleton name such as "qwen2.5-vl-3b-instruct"."""
+    for spec in FAMILIES:
+        if name in spec.skeletons:
+            return spec, spec.skeletons[name]
+    known = ", ".join(s for spec in FAMILIES for s in spec.skeletons)
+    raise UnknownFamilyError(f"unknown skeleton {name!r}; known: {known}")
+
+
+def all_skeletons() -> tuple[str, ...]:
+    return tuple(s for spec in FAMILIES for s in spec.skeletons)
