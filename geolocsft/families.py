@@ -52,7 +52,9 @@ class ImageRule:
 class ModelLayout:
     """Where a checkpoint's parts sit (transformers 5 module paths), and which language-model
     modules LoRA adapts: `targets` matches the path after `<language_model>.layers.N.`, and
-    `per_layer` says how many targets each layer type has ("" for layers without a type)."""
+    `per_layer` says how many targets each layer type has ("" for layers without a type;
+    "kv_shared" for the last `num_kv_shared_layers` layers, which reuse earlier layers' KV and
+    have no k/v projections)."""
 
     language_model: str
     vision_tower: str
