@@ -32,7 +32,7 @@ def num_text_layers(model: Any) -> int:
     return int(text.num_hidden_layers)
 
 
-def expected_targets(model: Any, family: FamilySpecSpec) -> int:
+def expected_targets(model: Any, family: FamilySpec) -> int:
     """How many LoRA targets the language model has: the layout's count per layer type."""
     text = getattr(model.config, "text_config", None) or model.config
     per_layer = family.layout.per_layer
@@ -50,7 +50,7 @@ def expected_targets(model: Any, family: FamilySpecSpec) -> int:
     return sum(counts)
 
 
-def select_targets(model: Any, family: FamilySpecSpec) -> list[str]:
+def select_targets(model: Any, family: FamilySpec) -> list[str]:
     """Full paths of the LoRA targets; raises unless each language-model layer has its count."""
     layout = family.layout
     names = dict(model.named_modules())
