@@ -25,6 +25,7 @@ from pathlib import Path
 
 from convert.families import qwen25vl
 
+FAMILY = "qwen3-vl"  # the registry name (geolocsft.families)
 MODEL_TYPE = "qwen3_vl"
 ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 
@@ -56,10 +57,6 @@ FACTOR = PATCH * MERGE
 RELEASED_MIN_PIXELS = 65536
 RELEASED_MAX_PIXELS = 16777216
 IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
-# The seed trains Qwen2.5-VL at the paper's 1,280 vision tokens; Qwen3-VL gets the same number of
-# tokens (1,280 x 32² pixels, ~1.3 MP) rather than the same pixels, so the language model reads
-# as many image tokens per photo as in the seed's recipe (geolocsft/families.py).
-SEED_MAX_PIXELS = 1280 * FACTOR * FACTOR
 
 # Tiny image budget: 128x128 at most (16 vision tokens after the 2x2 merge), 64x64 at least.
 TINY_MAX_PIXELS = 128 * 128
@@ -207,7 +204,7 @@ def prepare_for_converter(src_dir: Path, staging_dir: Path) -> Path:
 def image_budget(ckpt_dir: Path):
     """The image budget a checkpoint's processor applies, as the core's ImageBudget: the
     checkpoint's range, capped at the seed's 1,280 tokens (released processors allow 16 MP)."""
-    from geolocsft.images import ImageBudget
+    from geolocsft.images import ImageBudget, default_budget
 
     path, cfg = qwen25vl._image_processor_config(ckpt_dir)
     size = cfg.get("size") or {}
@@ -216,7 +213,10 @@ def image_budget(ckpt_dir: Path):
     if not max_pixels or not min_pixels:
         raise ValueError(f"{path}: no min/max pixels in the image processor config")
     factor = int(cfg.get("patch_size", PATCH)) * int(cfg.get("merge_size", MERGE))
-    return ImageBudget(family="qwen3-vl", max_pixels=min(int(max_pixels), SEED_MAX_PIXELS),
+    # The seed's budget (geolocsft/families.py: 1,280 vision tokens) is what training uses, so a
+    # base converted without a training record gets that, not the 16 MP maximum.
+    return ImageBudget(family=FAMILY,
+                       max_pixels=min(int(max_pixels), default_budget(FAMILY).max_pixels),
                        min_pixels=int(min_pixels), factor=factor, fixed_side=None)
 
 
