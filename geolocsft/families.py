@@ -172,8 +172,11 @@ FAMILIES: tuple[FamilySpec, ...] = (
         # The DeepStack mergers (model.visual.deepstack_merger_list) stay frozen: the projector
         # trained with --train-projector is the final merger, as for Qwen2.5-VL.
         layout=_QWEN_LAYOUT,
+        # The tiny Qwen2.5-VL's recipe (same vocabulary, same caption lengths). Not in CI until a
+        # full run here has measured it (docs/demo.md, "Qwen3-VL"): the loss fell as fast as
+        # Qwen2.5-VL's (13.1 -> 1.24 in 48 of 288 steps) but the machine was too loaded to finish.
         demo=DemoRecipe(("--epochs", "12", "--lr-scheduler", "cosine", *_COMMON_DEMO_FLAGS),
-                        eval_max_new_tokens=256, in_ci=True),
+                        eval_max_new_tokens=256, in_ci=False),
         base_models=("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct",
                      "Qwen/Qwen3-VL-8B-Instruct", "Qwen/Qwen3-VL-32B-Instruct"),
         skeletons=MappingProxyType({"qwen3-vl-2b-instruct": "qwen3-vl-2b-instruct.json",
