@@ -156,6 +156,36 @@ FAMILIES: tuple[FamilySpec, ...] = (
         notes="the seed's second family",
     ),
     FamilySpec(
+        name="qwen3-vl",
+        title="Qwen3-VL",
+        model_types=("qwen3_vl",),
+        hf_architectures=("Qwen3VLForConditionalGeneration",),
+        gguf_architectures=("qwen3vl",),
+        projector_types=("qwen3vl_merger",),
+        converter_module="convert.families.qwen3vl",
+        # 16 px patches merged 2x2 (sides multiples of 32). The seed's 1,280 vision tokens kept as
+        # tokens, not pixels (1,280 x 32² ~ 1.3 MP): the language model reads as many image
+        # tokens per photo as in the paper's recipe. Min is the released processor's 256².
+        image=ImageRule("smart", factor=32, min_pixels=256 * 256, max_pixels=1280 * 32 * 32,
+                        max_aspect=200),
+        image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        placeholder_wrap="{marker}",
+        end_of_turn="<|im_end|>",
+        # The DeepStack mergers (model.visual.deepstack_merger_list) stay frozen: the projector
+        # trained with --train-projector is the final merger, as for Qwen2.5-VL.
+        layout=_QWEN_LAYOUT,
+        # The tiny Qwen2.5-VL's recipe (same vocabulary, same caption lengths). Not in CI until a
+        # full run here has measured it (docs/demo.md, "Qwen3-VL"): the loss fell as fast as
+        # Qwen2.5-VL's (13.1 -> 1.24 in 48 of 288 steps) but the machine was too loaded to finish.
+        demo=DemoRecipe(("--epochs", "12", "--lr-scheduler", "cosine", *_COMMON_DEMO_FLAGS),
+                        eval_max_new_tokens=256, in_ci=False),
+        base_models=("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct",
+                     "Qwen/Qwen3-VL-8B-Instruct", "Qwen/Qwen3-VL-32B-Instruct"),
+        skeletons=MappingProxyType({"qwen3-vl-2b-instruct": "qwen3-vl-2b-instruct.json",
+                                    "qwen3-vl-4b-instruct": "qwen3-vl-4b-instruct.json"}),
+        notes="dense Instruct sizes; tested here with tiny models, real weights untested",
+    ),
+    FamilySpec(
         name="gemma4",
         title="Gemma 4",
         model_types=("gemma4",),
