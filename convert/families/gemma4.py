@@ -261,6 +261,17 @@ def _perturb(model) -> None:
                 buf.fill_(8.0)  # wide enough to keep the signal, narrow enough to clip outliers
             elif name.endswith(("input_min", "output_min")):
                 buf.fill_(-8.0)
+        # Gemma 4 attention takes q.k unscaled (scaling 1.0) after RMS-normalising q and k per
+        # head: with norm weights near 1 the scores have a spread of sqrt(head_dim) (8 / 11) and
+        # every softmax is nearly one-hot (mean top weight 0.78; Gemma 3's tiny model: 0.1), so
+        # LoRA gets almost no gradient through attention and the demo's model never learns to
+        # read the photo. Weights of head_dim^-1/4 on both norms give scores of spread ~1, as
+        # 1/sqrt(head_dim) does elsewhere. Language model only: the frozen vision tower's
+        # features already tell the demo's photos apart.
+        for name, param in model.named_parameters():
+            if ".language_model." in name and name.endswith(("self_attn.q_norm.weight",
+                                                             "self_attn.k_norm.weight")):
+                param.mul_(param.shape[0] ** -0.25)
 
 
 def make_tiny(out_dir: Path) -> Path:
