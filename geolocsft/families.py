@@ -153,6 +153,38 @@ FAMILIES: tuple[FamilySpec, ...] = (
         full_swa_cache=True,
         notes="the seed's second family",
     ),
+    FamilySpec(
+        name="qwen3.5",
+        title="Qwen3.5",
+        model_types=("qwen3_5",),
+        hf_architectures=("Qwen3_5ForConditionalGeneration",),
+        gguf_architectures=("qwen35",),
+        projector_types=("qwen3vl_merger",),
+        converter_module="convert.families.qwen35",
+        # 16 px patches merged 2x2. The seed's budget of 1,280 vision tokens (as Qwen2.5-VL's),
+        # within mtmd's 4,096 cap; the released processors' floor of 64 tokens (65,536 px).
+        image=ImageRule("smart", factor=32, min_pixels=65536, max_pixels=1280 * 32 * 32,
+                        max_aspect=200),
+        image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        placeholder_wrap="{marker}",
+        end_of_turn="<|im_end|>",
+        # LoRA on the language model only; the linear-attention (Gated DeltaNet) layers have
+        # their own projections: fused q/k/v in, output gate z and out (the per-head a/b gates
+        # are 16-48 wide and stay frozen). Full-attention layers are as in Qwen2.5.
+        layout=ModelLayout(
+            "model.language_model", "model.visual", "model.visual.merger",
+            targets=r"(self_attn\.[qkvo]_proj|linear_attn\.(in_proj_qkv|in_proj_z|out_proj)"
+                    r"|mlp\.(gate|up|down)_proj)",
+            per_layer=MappingProxyType({"full_attention": 7, "linear_attention": 6})),
+        demo=DemoRecipe(("--epochs", "12", "--lr-scheduler", "cosine", *_COMMON_DEMO_FLAGS),
+                        eval_max_new_tokens=256),
+        base_models=("Qwen/Qwen3.5-0.8B", "Qwen/Qwen3.5-2B", "Qwen/Qwen3.5-4B", "Qwen/Qwen3.5-9B",
+                     "Qwen/Qwen3.5-27B", "Qwen/Qwen3.5-0.8B-Base", "Qwen/Qwen3.5-2B-Base",
+                     "Qwen/Qwen3.5-4B-Base", "Qwen/Qwen3.5-9B-Base"),
+        skeletons=MappingProxyType({"qwen3.5-0.8b": "qwen3.5-0.8b.json"}),
+        recurrent=True,
+        notes="hybrid Gated DeltaNet + attention language model (recurrent state)",
+    ),
 )
 
 # The seed's family: the default wherever a family is not given or read from a model.
