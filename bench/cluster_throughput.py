@@ -20,6 +20,7 @@ import ray
 from cluster.backend import ClusterEngine, ClusterOptions
 from cluster.runner import RayLocateRunner
 from convert.tiny import tiny_model_folder
+from geolocsft import families
 from geolocsft.engine import Engine, ModelSpec
 from geolocsft.locate import LocateRunner, find_photos
 from geolocsft.store import ResultStore
@@ -32,7 +33,7 @@ tmp = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
 for i in range(n):
     Image.effect_noise(size, 30 + i).convert("RGB").save(tmp / "photos" / f"p{i:03d}.jpg", quality=90)
 items, _ = find_photos([tmp / "photos"])
-spec = ModelSpec.from_folder(tiny_model_folder("qwen2.5-vl", "Q8_0"))
+spec = ModelSpec.from_folder(tiny_model_folder(families.DEFAULT, "Q8_0"))
 engine_kwargs = {"grammar": False, "max_tokens": max_tokens}
 rows = []
 

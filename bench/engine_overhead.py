@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from geolocsft import images, protocol  # noqa: E402
+from geolocsft import families, images, protocol  # noqa: E402
 from geolocsft.engine import Engine, ModelSpec  # noqa: E402
 
 PHOTO_SIZES = [(320, 240), (640, 480), (1280, 960), (2048, 1536), (4032, 3024), (3024, 4032),
@@ -50,7 +50,7 @@ def default_model_folder() -> Path:
     """The tiny Qwen2.5-VL model folder the tests use (built once into the cache)."""
     from convert.tiny import tiny_model_folder
 
-    return Path(tiny_model_folder("qwen2.5-vl", "Q8_0"))
+    return Path(tiny_model_folder(families.DEFAULT, "Q8_0"))
 
 
 def load_photos(folder: Path | None, count: int, budget) -> list[Image.Image]:
@@ -63,17 +63,15 @@ def load_photos(folder: Path | None, count: int, budget) -> list[Image.Image]:
 def run_direct(spec: ModelSpec, photos, *, max_tokens: int, n_threads: int, n_ctx: int):
     """Per-photo seconds and generated tokens through llama-cpp-python's stock chat handler."""
     import llama_cpp
-    from llama_cpp import llama_chat_format
 
+    from convert.families import family_module
     from geolocsft.engine_mtmd import route_native_logs
 
     route_native_logs()
-    handler_cls = (llama_chat_format.Qwen25VLChatHandler if spec.family.value == "qwen2.5-vl"
-                   else llama_chat_format.MTMDChatHandler)
-    handler = handler_cls(clip_model_path=str(spec.mmproj), verbose=False)
+    handler = family_module(spec.family).stock_chat_handler(spec.mmproj)
     llm = llama_cpp.Llama(model_path=str(spec.gguf), chat_handler=handler, n_ctx=n_ctx,
                           n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=-1,
-                          seed=0, verbose=False, swa_full=spec.family.value == "gemma3")
+                          seed=0, verbose=False, swa_full=families.get(spec.family).full_swa_cache)
     prompt = protocol.get_prompt(spec.prompt_version)
     times, tokens = [], []
     try:
@@ -162,7 +160,7 @@ def main(argv=None) -> int:
     folder = args.model or default_model_folder()
     spec = ModelSpec.from_folder(folder)
     photos = load_photos(args.photos, args.count, spec.budget)
-    print(f"model: {folder}\nfamily: {spec.family.value}  photos: {len(photos)} x {args.rounds} "
+    print(f"model: {folder}\nfamily: {spec.family}  photos: {len(photos)} x {args.rounds} "
           f"rounds  max_tokens: {args.max_tokens}  threads: {args.threads}")
 
     # 1. Engine vs direct on the same prepared photos, grammar off (the stock path has none):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from geolocsft import families  # noqa: E402
 
 IM2GPS3K = 2997
 # A gls-v1 caption in the teacher's style (~250 tokens with Qwen's tokenizer).
@@ -140,16 +141,14 @@ def run_stock(job: dict) -> dict:
     import base64
 
     import llama_cpp
-    from llama_cpp import llama_chat_format
 
+    from convert.families import family_module
     from geolocsft import protocol
     from geolocsft.manifest import read_manifest
 
     folder = Path(job["folder"])
     manifest = read_manifest(folder)
-    handler_cls = (llama_chat_format.Qwen25VLChatHandler if manifest.family == "qwen2.5-vl"
-                   else llama_chat_format.MTMDChatHandler)
-    handler = handler_cls(clip_model_path=str(folder / manifest.mmproj_file), verbose=False)
+    handler = family_module(manifest.family).stock_chat_handler(folder / manifest.mmproj_file)
     llm = llama_cpp.Llama(model_path=str(folder / manifest.model_file), chat_handler=handler,
                           n_ctx=4096, n_threads=job["threads"], n_threads_batch=job["threads"],
                           n_batch=512, n_ubatch=512, n_gpu_layers=job["gpu_layers"], verbose=False)
@@ -197,8 +196,8 @@ def caption_tokens(folder: str) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="qwen2.5-vl-3b-instruct",
-                        help="skeletons, comma-separated (convert/skeleton.py SKELETONS)")
+    parser.add_argument("--models", default=next(iter(families.get(families.DEFAULT).skeletons)),
+                        help="skeletons, comma-separated, of: " + ", ".join(families.all_skeletons()))
     parser.add_argument("--quants", default="Q4_K_M")
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"of {', '.join(SIZES)}")
     parser.add_argument("--parallel", default="1,2,4",

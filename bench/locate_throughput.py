@@ -4,6 +4,7 @@ import sys, tempfile, time
 from pathlib import Path
 from PIL import Image
 from convert.tiny import tiny_model_folder
+from geolocsft import families
 from geolocsft.engine import Engine, ModelSpec
 from geolocsft.images import prepare_image
 from geolocsft.locate import LocateRunner, find_photos
@@ -15,7 +16,7 @@ tmp = Path(tempfile.mkdtemp())
 for i in range(n):
     Image.effect_noise(size, 30 + i).convert("RGB").resize(size).save(tmp / f"p{i:02d}.jpg", quality=90)
 items, _ = find_photos([tmp])
-spec = ModelSpec.from_folder(tiny_model_folder("qwen2.5-vl", "Q8_0"))
+spec = ModelSpec.from_folder(tiny_model_folder(families.DEFAULT, "Q8_0"))
 engine = Engine(spec, n_threads=1, grammar=False, max_tokens=int(sys.argv[2]) if len(sys.argv) > 2 else 48)
 engine.locate(items[0].path)  # warm-up
 

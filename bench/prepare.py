@@ -18,7 +18,8 @@ from types import SimpleNamespace
 
 from PIL import Image
 
-from geolocsft.images import Family, default_budget
+from geolocsft import families
+from geolocsft.images import default_budget
 from geolocsft.locate import LocateRunner, find_photos
 from geolocsft.store import ResultStore
 
@@ -57,7 +58,7 @@ class StandIn:
     """What the preparation step reads from an engine."""
 
     def __init__(self):
-        family = Family.QWEN25VL
+        family = families.DEFAULT
         self.spec = SimpleNamespace(model_sha256="0" * 64, prompt_version="bench", name="bench",
                                     budget=default_budget(family))
 
@@ -85,7 +86,7 @@ def main() -> None:
                 assert not prepared.error, prepared.error
                 assert prepared.image is not None and prepared.truth is not None
     print(f"{count} photos of {SIZE[0]}x{SIZE[1]} JPEG ({mb:.1f} MB each, EXIF GPS), "
-          f"{repeats} passes, budget {default_budget(Family.QWEN25VL).max_pixels:,} px")
+          f"{repeats} passes, budget {default_budget(families.DEFAULT).max_pixels:,} px")
     print(f"{'step':<34}{'mean ms':>9}{'median ms':>11}{'CPU ms':>8}{'MB read/photo':>15}")
     print(f"{'LocateRunner._prepare (new photo)':<34}{1000 * statistics.mean(times):>9.1f}"
           f"{1000 * statistics.median(times):>11.1f}{1000 * statistics.mean(cpu):>8.1f}"

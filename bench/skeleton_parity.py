@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from geolocsft import families  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -26,7 +27,7 @@ def main(argv=None) -> int:
     from convert.skeleton import skeleton_checkpoint
     from convert.verify import compare_logits
 
-    name = (argv or sys.argv[1:] or ["qwen2.5-vl-3b-instruct"])[0]
+    name = (argv or sys.argv[1:] or [next(iter(families.get(families.DEFAULT).skeletons))])[0]
     ckpt = skeleton_checkpoint(name)
     with tempfile.TemporaryDirectory(prefix="geolocsft-parity-") as tmp:
         started = time.perf_counter()

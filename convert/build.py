@@ -143,7 +143,7 @@ def build_model_folder(
                 got_logits = compare_logits(ckpt, pair.model if pair.model.exists()
                                             else folder / pair.model.name) if check_logits else None
                 got_answer = answer_image(folder / model_file_name(quant), folder / pair.mmproj.name,
-                                          family.value) if answer else None
+                                          family.name) if answer else None
                 return got_logits, got_answer
 
             logit_report, answer_out = steps.run("verify with llama-cpp-python", _verify)
@@ -164,7 +164,7 @@ def build_model_folder(
         names = sorted(p.name for p in folder.iterdir())
         manifest = Manifest(
             name=name or out_folder.name,
-            family=family.value,
+            family=family.name,
             base_model=base_id,
             quant=report.quant,
             model_file=model_file_name(quant),

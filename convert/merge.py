@@ -209,7 +209,7 @@ def merge_adapter(
             if (base_dir / name).is_file() and not (temp / name).exists():
                 shutil.copy2(base_dir / name, temp / name)
         info = {
-            "family": family.value,
+            "family": family.name,
             "base_model": base_id,
             "adapter": str(Path(adapter_dir).resolve()) if adapter_dir is not None else None,
             "adapter_sha256": sha256_adapter(adapter_dir) if adapter_dir is not None else None,

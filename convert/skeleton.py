@@ -15,22 +15,11 @@ from pathlib import Path
 
 from convert.cache import build_once, prune_stale
 from convert.tiny import _version
-from geolocsft.images import Family
+from geolocsft import families
 from geolocsft.paths import cache_dir
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SEED = 1234
-
-# name -> (family, config file). The names are the released checkpoints' names.
-SKELETONS: dict[str, tuple[Family, str]] = {
-    "qwen2.5-vl-3b-instruct": (Family.QWEN25VL, "qwen2.5-vl-3b-instruct.json"),
-    "gemma-3-4b-it": (Family.GEMMA3, "gemma-3-4b-it.json"),
-}
-
-# Released Qwen2.5-VL processors: 4 to 16,384 vision patches of 28x28 before the seed's budget
-# caps it (the converter records the seed's budget, not this maximum).
-QWEN_RELEASED_MIN_PIXELS = 56 * 56
-QWEN_RELEASED_MAX_PIXELS = 28 * 28 * 16384
 
 
 def published_config(name: str) -> dict:
@@ -40,11 +29,13 @@ def published_config(name: str) -> dict:
     return data
 
 
-def _entry(name: str) -> tuple[Family, str]:
+def _entry(name: str) -> tuple[families.FamilySpec, str]:
+    """(family, config file) of a skeleton: the names are the released checkpoints' names,
+    listed in the registry (geolocsft.families, `skeletons`)."""
     try:
-        return SKELETONS[name]
-    except KeyError:
-        raise ValueError(f"unknown skeleton {name!r}; known: {', '.join(SKELETONS)}") from None
+        return families.skeleton_family(name)
+    except families.UnknownFamilyError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _config(name: str, layers: int | None):
@@ -87,7 +78,7 @@ def make_skeleton(name: str, out_dir: Path, *, layers: int | None = None) -> Pat
     return out_dir
 
 
-def _model_class(family: Family):
+def _model_class(family: families.FamilySpec):
     import transformers
 
     from convert.families import family_module
@@ -125,7 +116,7 @@ def skeleton_folder(name: str, quant: str = "Q4_K_M", *, layers: int | None = No
     from convert.tiny import pipeline_hash
 
     ckpt = skeleton_checkpoint(name, layers=layers)
-    key = hashlib.sha256(f"{ckpt.name}/{pipeline_hash()}/{quant}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{ckpt.name}/{pipeline_hash(_entry(name)[0])}/{quant}".encode()).hexdigest()[:12]
     tag = ckpt.name.rsplit("-", 1)[0]
     final = cache_dir() / "skeleton" / f"{tag}-folder-{quant}-{key}"
     built = build_once(final, lambda temp: build_model_folder(

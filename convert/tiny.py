@@ -10,7 +10,7 @@ from pathlib import Path
 
 from convert.cache import build_once, prune_stale
 from convert.families import family_module
-from geolocsft.images import Family
+from geolocsft import families
 from geolocsft.paths import cache_dir
 
 
@@ -21,7 +21,7 @@ def _version(package: str) -> str:
         return "none"
 
 
-def factory_hash(family: Family | str) -> str:
+def factory_hash(family) -> str:
     """Changes when the family's factory code or the libraries that shape its files change."""
     module = family_module(family)
     digest = hashlib.sha256(inspect.getsource(module).encode())
@@ -30,14 +30,14 @@ def factory_hash(family: Family | str) -> str:
     return digest.hexdigest()[:12]
 
 
-def tiny_model(family: Family | str) -> Path:
-    """Path of the tiny Hugging Face checkpoint of `family` ("qwen2.5-vl" or "gemma3")."""
-    family = Family(family)
+def tiny_model(family) -> Path:
+    """Path of the tiny Hugging Face checkpoint of `family` (a geolocsft.families name)."""
+    family = families.get(family)
     module = family_module(family)
-    final = cache_dir() / "tiny" / f"{family.value}-{factory_hash(family)}"
+    final = cache_dir() / "tiny" / f"{family.name}-{factory_hash(family)}"
     final.parent.mkdir(parents=True, exist_ok=True)
     built = build_once(final, lambda temp: module.make_tiny(temp))
-    prune_stale(final, f"{family.value}-" + "?" * 12)
+    prune_stale(final, f"{family.name}-" + "?" * 12)
     return built
 
 
@@ -47,31 +47,33 @@ def tiny_model(family: Family | str) -> Path:
 FOLDER_MODULES = ("build.py", "errors.py", "gguf.py", "llamacpp.py", "merge.py", "quantize.py")
 
 
-def pipeline_hash() -> str:
-    """Changes when any code that shapes a model folder changes."""
+def pipeline_hash(family) -> str:
+    """Changes when any code that shapes a model folder of `family` changes (its own converter
+    module only: adding a family does not rebuild the others' folders)."""
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     sources = [root / name for name in FOLDER_MODULES]
-    sources += sorted((root / "families").glob("*.py"))
+    sources += [root / "families" / "__init__.py", Path(inspect.getfile(family_module(family)))]
     sources.append(root.parent / "geolocsft" / "manifest.py")
     for path in sources:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
+    digest.update(repr(families.get(family)).encode())
     return digest.hexdigest()[:12]
 
 
-def tiny_model_folder(family: Family | str, quant: str = "Q8_0") -> Path:
+def tiny_model_folder(family, quant: str = "Q8_0") -> Path:
     """A model folder (model-<QUANT>.gguf + mmproj-f16.gguf + manifest.json) of the untrained
     tiny model, built once per version of the factory and converter code."""
     from convert.build import build_model_folder
 
-    family = Family(family)
+    family = families.get(family)
     ckpt = tiny_model(family)
-    key = hashlib.sha256(f"{ckpt.name}/{pipeline_hash()}/{quant}".encode()).hexdigest()[:12]
-    final = cache_dir() / "tiny" / f"{family.value}-folder-{quant}-{key}"
-    name = f"tiny-{family.value}-{quant}"
+    key = hashlib.sha256(f"{ckpt.name}/{pipeline_hash(family)}/{quant}".encode()).hexdigest()[:12]
+    final = cache_dir() / "tiny" / f"{family.name}-folder-{quant}-{key}"
+    name = f"tiny-{family.name}-{quant}"
     built = build_once(final, lambda temp: build_model_folder(
         temp, base=ckpt, quant=quant, check_logits=False, answer=False, name=name,
         overwrite=True, progress=None))
-    prune_stale(final, f"{family.value}-folder-{quant}-" + "?" * 12)
+    prune_stale(final, f"{family.name}-folder-{quant}-" + "?" * 12)
     return built

@@ -61,29 +61,13 @@ def test_image():
 
 
 def _chat_handler(family: str, mmproj: Path):
-    from llama_cpp import llama_chat_format
+    """llama-cpp-python's own handler for the family (from its converter family module)."""
+    from convert.families import UnsupportedModelError, family_module
 
-    if family == "qwen2.5-vl":
-        return llama_chat_format.Qwen25VLChatHandler(clip_model_path=str(mmproj), verbose=False)
-    if family == "gemma3":
-
-        class Gemma3VerifyHandler(llama_chat_format.Llava15ChatHandler):
-            # Gemma 3's turn format; mtmd adds <start_of_image>..<end_of_image> itself.
-            DEFAULT_SYSTEM_MESSAGE = None  # Gemma has no system turn; Llava's default would add one
-            CHAT_FORMAT = (
-                "{% for message in messages %}"
-                "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
-                "{% if message['content'] is string %}{{ message['content'] }}"
-                "{% else %}{% for content in message['content'] %}"
-                "{% if content['type'] == 'image_url' %}"
-                "{{ content.image_url if content.image_url is string else content.image_url.url }}"
-                "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
-                "{% endfor %}{% endif %}<end_of_turn>\n"
-                "{% endfor %}<start_of_turn>model\n"
-            )
-
-        return Gemma3VerifyHandler(clip_model_path=str(mmproj), verbose=False)
-    raise ConvertError(f"no image chat handler for family {family!r}")
+    try:
+        return family_module(family).stock_chat_handler(mmproj)
+    except UnsupportedModelError as exc:
+        raise ConvertError(f"no image chat handler: {exc}") from None
 
 
 def answer_image(model: Path, mmproj: Path, family: str, image=None, *, max_tokens: int = 8,

@@ -25,44 +25,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from geolocsft import geo
+from geolocsft import families, geo
 from geolocsft.fsutil import file_lock
 from geolocsft.paths import PROJECT_ROOT, cache_dir
 
 from demo import synthetic
 
-FAMILIES = ("qwen2.5-vl", "gemma3")
-# The seed's model family; both learn the task (docs/demo.md, "Results"), Gemma 3 in half the
-# time (`--family gemma3`).
-DEFAULT_FAMILY = "qwen2.5-vl"
+FAMILIES = families.names()
+DEFAULT_FAMILY = families.DEFAULT  # the seed's family
 QUANTS = ("Q8_0", "Q4_K_M")  # Q8_0 is the demo's model; Q4_K_M is built and reported too
 AGREEMENT_KM = 25.0  # two answers "agree" when they are this close (the 25 km metric)
 
 # The SFT recipe of the demo, per family, as `geolocsft train sft` flags on top of the `seed`
-# preset (LoRA rank 32, alpha 64 on the language model). Divergences, explained in
-# docs/demo.md: a tiny random base needs a high learning rate and several epochs over a few
-# renders per place, and LoRA alone on a random base learns the caption's skeleton but not to
-# read the photo, so the vision-to-text projector is trained too (--train-projector).
-_COMMON_FLAGS = ("--batch-size", "2", "--learning-rate", "2e-3", "--warmup-steps", "3",
-                 "--lora-dropout", "0", "--train-projector")
-SFT_FLAGS: dict[str, tuple[str, ...]] = {
-    # Gemma 3 learns the renders in 4 epochs at a constant rate (100 % held out). The tiny Qwen
-    # needs 12 epochs with the rate decaying to 0: at a constant rate its greedy answers kept
-    # slipping a token out of the memorised caption (docs/demo.md, "Results").
-    "gemma3": ("--epochs", "4", "--lr-scheduler", "constant", *_COMMON_FLAGS),
-    "qwen2.5-vl": ("--epochs", "12", "--lr-scheduler", "cosine", *_COMMON_FLAGS),
-}
+# preset (LoRA rank 32, alpha 64 on the language model), from the registry's DemoRecipe.
+# Divergences, explained in docs/demo.md: a tiny random base needs a high learning rate and
+# several epochs over a few renders per place, and LoRA alone on a random base learns the
+# caption's skeleton but not to read the photo, so the vision-to-text projector is trained too
+# (--train-projector).
+SFT_FLAGS: dict[str, tuple[str, ...]] = {f.name: f.demo.sft_flags for f in families.FAMILIES}
 TRAIN_PER_PLACE = 6
 HELDOUT_PER_PLACE = 3
 TRAIN_SEED, HELDOUT_SEED = 0, 1
-# Room for the HF evaluation's answers: a template target is ~150 Qwen tokens and ~300 tokens
-# of the tiny Gemma's small SentencePiece vocabulary.
-EVAL_MAX_NEW_TOKENS = {"qwen2.5-vl": 256, "gemma3": 420}
+# Room for the HF evaluation's answers (a template target's length in the tiny model's tokens).
+EVAL_MAX_NEW_TOKENS = {f.name: f.demo.eval_max_new_tokens for f in families.FAMILIES}
 
 # Files whose content shapes the build: a change to any of them makes a new cache key.
 _KEY_SOURCES = ("demo/synthetic.py", "geolocsft/protocol.py", "geolocsft/images.py",
                 "geolocsft/manifest.py")
-_KEY_FOLDERS = ("trainer", "convert", "convert/families")
+_KEY_FOLDERS = ("trainer", "convert")  # + the family's own converter module (build_key)
 _KEY_PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "llama-cpp-python")
 
 BUILD_INFO = "build.json"
@@ -84,7 +74,8 @@ def recipe(family: str) -> dict:
     """Everything in this module that shapes a build (its other code only reads builds)."""
     return {"family": family, "sft": list(SFT_FLAGS[family]), "quants": list(QUANTS),
             "train": [TRAIN_PER_PLACE, TRAIN_SEED], "heldout": [HELDOUT_PER_PLACE, HELDOUT_SEED],
-            "eval_tokens": EVAL_MAX_NEW_TOKENS[family], "layout": 1}
+            "eval_tokens": EVAL_MAX_NEW_TOKENS[family], "layout": 1,
+            "registry": repr(families.get(family))}
 
 
 def build_key(family: str) -> str:
@@ -94,6 +85,9 @@ def build_key(family: str) -> str:
     paths = [PROJECT_ROOT / s for s in _KEY_SOURCES]
     for folder in _KEY_FOLDERS:
         paths += sorted((PROJECT_ROOT / folder).glob("*.py"))
+    # Only this family's converter module: adding a family does not rebuild the others' demos.
+    module = families.get(family).converter_module.replace(".", "/")
+    paths += [PROJECT_ROOT / "convert/families/__init__.py", PROJECT_ROOT / f"{module}.py"]
     for path in paths:
         digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
         digest.update(path.read_bytes() if path.is_file() else b"<missing>")

@@ -70,7 +70,7 @@ class ModelController(QObject):
     def on_model_loaded(self, spec) -> None:
         w = self.window
         w.spec = spec
-        w.model_label.setText(f"model: {spec.name} ({spec.family.value})")
+        w.model_label.setText(f"model: {spec.name} ({spec.family})")
         w.statusBar().showMessage(f"Model {spec.name} loaded", 5000)
         w.load_stored_results()
         w.update_actions()
@@ -97,7 +97,7 @@ class ModelController(QObject):
         lines = [f"geolocsft {geolocsft.__version__}", f"llama-cpp-python {llama}",
                  f"PySide6 {pyside_version}"]
         if w.spec is not None:
-            lines.append(f"model: {w.spec.name} ({w.spec.family.value}, prompt "
+            lines.append(f"model: {w.spec.name} ({w.spec.family}, prompt "
                          f"{w.spec.prompt_version})")
             try:
                 from geolocsft.manifest import read_manifest

@@ -216,7 +216,7 @@ def run(model_folder: Path, screenshot: Path | None = None) -> str:
     spec = found["spec"]
     total_s = time.perf_counter() - t_start
     return "; ".join([
-        f"{SUMMARY_OK}: model {spec.name} ({spec.family.value}) answered {lat:.4f}, {lon:.4f} "
+        f"{SUMMARY_OK}: model {spec.name} ({spec.family}) answered {lat:.4f}, {lon:.4f} "
         f"({place.label() or 'unnamed'}) {drawn['error_km']:.0f} km from the EXIF truth",
         f"{found['tokens']} tokens streamed, load {found['load_s']:.2f} s, image encode "
         f"{found['encode_s']:.2f} s, generate {found['generate_s']:.1f} s",

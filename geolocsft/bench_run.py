@@ -108,7 +108,7 @@ def run_benchmark(samples: list[datasets.Sample], engine, out_dir: Path, *, data
             outcomes[outcome.item.path] = outcome
         record = {
             "dataset": dataset, "photos": len(samples), "model": engine.spec.name,
-            "model_sha256": engine.spec.model_sha256, "family": str(engine.spec.family.value),
+            "model_sha256": engine.spec.model_sha256, "family": str(engine.spec.family),
             "prompt_version": engine.spec.prompt_version, "samples": samples_k,
             "temperature": temperature, "settings": runner.settings,
             "versions": _versions(), **(extra_record or {}),

@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from geolocsft import images, protocol
+from geolocsft import families, images, protocol
 from geolocsft.fsutil import build_folder
 from geolocsft.gguf_header import GGUFFormatError, Keys, read_gguf
 from geolocsft.manifest import (
@@ -211,11 +211,10 @@ def import_model(gguf: str | os.PathLike, mmproj: str | os.PathLike, *, name: st
     quant, info = gguf_quant(gguf)
     mm_type, mm_info = gguf_quant(mmproj)
     try:
-        family = images.Family(family) if family else family_of(info)
+        family = families.get(family).name if family else family_of(info)
         check_pair(info, mm_info, family)
-    except EngineError as exc:
+    except (EngineError, families.UnknownFamilyError) as exc:
         raise CatalogError(str(exc)) from None
-    family = family.value
     name = plain_folder_name(name or gguf.stem, "--name")
     root = Path(root) if root else models_dir()
     final = root / name

@@ -17,14 +17,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from geolocsft import geo, images, protocol
+from geolocsft import families, geo, images, protocol
 from geolocsft.gguf_header import GGUFFormatError, read_gguf
-from geolocsft.images import Family, ImageBudget
-
-# Text-model architectures (GGUF general.architecture) and the projector types that go with
-# them (clip.projector_type) for each family.
-_ARCHITECTURES = {"qwen2vl": Family.QWEN25VL, "gemma3": Family.GEMMA3}
-_PROJECTOR_TYPES = {Family.QWEN25VL: {"qwen2.5vl_merger", "qwen25vl"}, Family.GEMMA3: {"gemma3"}}
+from geolocsft.images import ImageBudget
 
 # Grammar-constrained decoding is on by default: measured on this machine (see
 # bench/engine_overhead.py and docs) it costs little per token and makes every answer parse.
@@ -46,7 +41,7 @@ class EngineError(Exception):
 class ModelSpec:
     gguf: Path
     mmproj: Path
-    family: Family
+    family: str  # a geolocsft.families name
     budget: ImageBudget
     prompt_version: str
     model_sha256: str
@@ -71,7 +66,7 @@ class ModelSpec:
         gguf, mmproj = (_listed_file(folder, manifest.model_file, "model_file"),
                         _listed_file(folder, manifest.mmproj_file, "mmproj_file"))
         try:
-            family = Family(manifest.family)
+            family = families.get(manifest.family).name
             budget = (ImageBudget.from_dict(manifest.image_budget) if manifest.image_budget
                       else images.default_budget(family))
             protocol.get_prompt(manifest.prompt_version)
@@ -91,7 +86,10 @@ class ModelSpec:
         info = _read_checked(gguf)
         if family is None:
             family = family_of(info)
-        family = Family(family)
+        try:
+            family = families.get(family).name
+        except families.UnknownFamilyError as exc:
+            raise EngineError(str(exc)) from None
         return cls(gguf=gguf, mmproj=mmproj, family=family,
                    budget=budget or images.default_budget(family),
                    prompt_version=prompt_version or protocol.PROMPT_VERSION,
@@ -122,18 +120,18 @@ def _read_checked(path: Path):
         raise EngineError(str(exc)) from None
 
 
-def family_of(info) -> Family:
-    """The family of a text-model GGUF from its architecture."""
+def family_of(info) -> str:
+    """The family name of a text-model GGUF from its architecture."""
     arch = info.architecture
     if arch == "clip":
         raise EngineError(f"{info.path}: this is a projector (mmproj), not a text model")
-    if arch not in _ARCHITECTURES:
-        known = ", ".join(f"{a} ({f.value})" for a, f in _ARCHITECTURES.items())
-        raise EngineError(f"{info.path}: unsupported model architecture {arch!r}; supported: {known}")
-    return _ARCHITECTURES[arch]
+    try:
+        return families.by_gguf_architecture(arch).name
+    except families.UnknownFamilyError as exc:
+        raise EngineError(f"{info.path}: unsupported model: {exc}") from None
 
 
-def check_pair(model_info, projector_info, family: Family):
+def check_pair(model_info, projector_info, family: str):
     """Refuse a projector that was not made for this model, before libmtmd sees it."""
     model_path, proj_path = model_info.path, projector_info.path
     if projector_info.architecture != "clip":
@@ -141,13 +139,14 @@ def check_pair(model_info, projector_info, family: Family):
                           f"(architecture {projector_info.architecture!r})")
     if not projector_info.get("clip.has_vision_encoder", True):
         raise EngineError(f"{proj_path}: projector has no vision encoder")
-    if family_of(model_info) != family:
-        raise EngineError(f"{model_path}: a {family_of(model_info).value} model, "
-                          f"but the model spec says {family.value}")
+    spec = families.get(family)
+    if family_of(model_info) != spec.name:
+        raise EngineError(f"{model_path}: a {family_of(model_info)} model, "
+                          f"but the model spec says {spec.name}")
     ptype = projector_info.get("clip.vision.projector_type") or projector_info.get("clip.projector_type")
-    if ptype and ptype not in _PROJECTOR_TYPES[family]:
+    if ptype and ptype not in spec.projector_types:
         raise EngineError(f"{proj_path}: projector type {ptype!r} does not match the "
-                          f"{family.value} model {model_path.name}")
+                          f"{spec.name} model {model_path.name}")
     n_embd = model_info.get(f"{model_info.architecture}.embedding_length")
     proj_dim = projector_info.get("clip.vision.projection_dim")
     if n_embd and proj_dim and int(n_embd) != int(proj_dim):
@@ -271,19 +270,20 @@ class Engine:
         self.prompt = protocol.get_prompt(spec.prompt_version)
         model_info = _read_checked(Path(spec.gguf))
         projector_info = _read_checked(Path(spec.mmproj))
-        check_pair(model_info, projector_info, Family(spec.family))
+        family = families.get(spec.family)
+        check_pair(model_info, projector_info, family.name)
         self.image_min_tokens, default_max = _image_token_limits(spec.budget)
         self.image_max_tokens = int(image_max_tokens or default_max)
         self._lock = threading.Lock()
         try:
             self._model = MtmdModel(
-                str(spec.gguf), str(spec.mmproj), family=Family(spec.family).value,
+                str(spec.gguf), str(spec.mmproj), family=family.name,
                 n_ctx=int(n_ctx), n_threads=n_threads, n_batch=int(n_batch),
                 n_gpu_layers=int(n_gpu_layers), seed=self.seed,
                 image_min_tokens=min(self.image_min_tokens, self.image_max_tokens),
                 image_max_tokens=self.image_max_tokens,
-                # Gemma 3's sliding-window layers would otherwise drop the instruction prompt.
-                swa_full=Family(spec.family) is Family.GEMMA3, n_seq=self.parallel,
+                # Sliding-window layers would otherwise drop the instruction prompt.
+                swa_full=family.full_swa_cache, n_seq=self.parallel,
             )
         except NativeError as exc:
             raise EngineError(f"{spec.gguf} + {spec.mmproj}: cannot load: {exc}") from None
@@ -295,7 +295,7 @@ class Engine:
             bos, eos = self._model.bos_eos()
             messages = protocol.chat_messages(self.prompt)
             try:
-                self._prompt_text = render_prompt(template, messages, Family(spec.family).value,
+                self._prompt_text = render_prompt(template, messages, family.name,
                                                   self._model.marker, bos, eos)
             except Exception as exc:
                 raise EngineError(f"{spec.gguf}: cannot render the chat template: {exc}") from None
@@ -323,7 +323,7 @@ class Engine:
             runtime = "unknown"
         out = {
             "model_sha256": self.spec.model_sha256,
-            "family": Family(self.spec.family).value,
+            "family": families.get(self.spec.family).name,
             "prompt_version": self.spec.prompt_version,
             "image_budget": self.spec.budget.to_dict(),
             "image_max_tokens": self.image_max_tokens,
@@ -513,11 +513,12 @@ class Engine:
 def _image_token_limits(budget: ImageBudget) -> tuple[int, int]:
     """mtmd's (min, max) image tokens matching the budget, so the projector keeps the size the
     image was prepared at instead of resizing it again."""
-    family = Family(budget.family)
-    if family is Family.QWEN25VL:
-        per_token = budget.factor * budget.factor
-        return max(1, budget.min_pixels // per_token), max(1, budget.max_pixels // per_token)
-    return -1, -1  # Gemma 3: a fixed square, a fixed 256 tokens; mtmd's own values apply
+    resize = budget.spec.image.resize
+    if resize == "square":
+        return -1, -1  # a fixed square, a fixed count: mtmd's own values apply
+    per_token = budget.factor * budget.factor
+    low = budget.min_pixels // per_token if resize == "smart" else 1
+    return max(1, low), max(1, budget.max_pixels // per_token)
 
 
 def _guess(gen, timings: Timings) -> Guess:

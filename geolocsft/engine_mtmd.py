@@ -23,18 +23,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from geolocsft import families
+
 NATIVE_LOG = logging.getLogger("geolocsft.engine.native")
 # Silent unless the application configures logging (no "last resort" printing to stderr).
 NATIVE_LOG.addHandler(logging.NullHandler())
-
-# The text the Hugging Face chat templates put where the image goes, and what the processors
-# turn it into at training time; mtmd's marker takes the place of the expanded image, and mtmd
-# adds the begin/end-of-image tokens itself (<|vision_start|>…<|vision_end|>,
-# <start_of_image>…<end_of_image>), so the token sequence matches what the fine-tune saw.
-IMAGE_PLACEHOLDERS = {
-    "qwen2.5-vl": ("<|vision_start|><|image_pad|><|vision_end|>", "{marker}"),
-    "gemma3": ("<start_of_image>", "\n\n{marker}\n\n"),
-}
 
 SAMPLING_TOP_K = 40
 SAMPLING_TOP_P = 0.95
@@ -135,7 +128,11 @@ def render_prompt(chat_template: str, messages: list[dict], family: str, marker:
         env, chat_template, messages=messages, add_generation_prompt=True, bos_token=bos_token,
         eos_token=eos_token,
     )
-    placeholder, replacement = IMAGE_PLACEHOLDERS[family]
+    # The text the HF chat template puts where the image goes (the processor expands it at
+    # training time); mtmd's marker takes its place, and mtmd adds the begin/end-of-image
+    # tokens itself, so the token sequence matches what the fine-tune saw.
+    spec = families.get(family)
+    placeholder, replacement = spec.image_placeholder, spec.placeholder_wrap
     count = text.count(placeholder)
     if count != 1:
         raise ValueError(

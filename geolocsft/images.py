@@ -14,11 +14,11 @@ import os
 import threading
 import warnings
 from dataclasses import asdict, dataclass
-from enum import Enum
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from geolocsft import families
 from geolocsft.fsutil import not_a_regular_file
 
 # Pillow warns on odd files ("Corrupt EXIF data", "Truncated File Read", "Metadata Warning",
@@ -32,20 +32,7 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # through; anything larger is almost always a crafted or broken file.
 DEFAULT_MAX_IMAGE_PIXELS = 200_000_000
 
-# Qwen2.5-VL: 14 px patches merged 2x2, so sides are multiples of 28; the paper's budget of
-# 1,280 vision tokens is 1280 * 28 * 28 pixels. min_pixels is Qwen's 56 * 56.
-QWEN_FACTOR = 28
-QWEN_MIN_PIXELS = 56 * 56
-QWEN_MAX_PIXELS = 1280 * 28 * 28
-QWEN_MAX_ASPECT = 200  # Qwen's processor rejects more elongated images
-GEMMA_SIDE = 896
-
 RESAMPLE = Image.Resampling.BICUBIC
-
-
-class Family(str, Enum):
-    QWEN25VL = "qwen2.5-vl"
-    GEMMA3 = "gemma3"
 
 
 class ImageError(ValueError):
@@ -57,48 +44,61 @@ class ImageError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+# Which budget fields each resize rule uses (geolocsft.families.ImageRule).
+_RULE_FIELDS = {"smart": ("max_pixels", "min_pixels", "factor"), "square": ("fixed_side",),
+                "fit": ("max_pixels", "factor")}
+
+
 @dataclass(frozen=True)
 class ImageBudget:
-    """How many pixels a model family sees. Fields left as None take the family's defaults:
-    Qwen2.5-VL uses factor/min_pixels/max_pixels (smart resize, aspect kept), Gemma 3 uses
-    fixed_side (squashed to a square, as its processor does without pan-and-scan)."""
+    """How many pixels a model family sees. `family` is a registry name (geolocsft.families);
+    its ImageRule says which fields apply ("smart": factor/min_pixels/max_pixels, "fit":
+    factor/max_pixels, "square": fixed_side); fields left as None take the family's seed
+    budget."""
 
-    family: Family
+    family: str
     max_pixels: int | None = None
     min_pixels: int | None = None
     factor: int | None = None
     fixed_side: int | None = None
 
     def __post_init__(self) -> None:
-        family = Family(self.family)
-        object.__setattr__(self, "family", family)
-        if family is Family.QWEN25VL:
-            defaults = {"max_pixels": QWEN_MAX_PIXELS, "min_pixels": QWEN_MIN_PIXELS,
-                        "factor": QWEN_FACTOR}
-            if self.fixed_side is not None:
-                raise ValueError("fixed_side does not apply to qwen2.5-vl budgets")
-        else:
-            defaults = {"fixed_side": GEMMA_SIDE}
-            for name in ("max_pixels", "min_pixels", "factor"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name} does not apply to gemma3 budgets (use fixed_side)")
-        for name, value in defaults.items():
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, value)
-            elif int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if family is Family.QWEN25VL:
-            if self.max_pixels < self.factor**2 or self.min_pixels > self.max_pixels:
-                raise ValueError(
-                    f"need factor^2 <= max_pixels and min_pixels <= max_pixels, got "
-                    f"factor={self.factor} min_pixels={self.min_pixels} "
-                    f"max_pixels={self.max_pixels}"
-                )
+        spec = families.get(self.family)
+        object.__setattr__(self, "family", spec.name)
+        rule = spec.image
+        used = _RULE_FIELDS[rule.resize]
+        for name in ("max_pixels", "min_pixels", "factor", "fixed_side"):
+            value = getattr(self, name)
+            if name not in used:
+                if value is not None:
+                    raise ValueError(f"{name} does not apply to {spec.name} budgets "
+                                     f"(use {', '.join(used)})")
+                continue
+            if value is None:
+                object.__setattr__(self, name, getattr(rule, name))
+            elif int(value) <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if rule.resize != "square" and (
+                self.max_pixels < self.factor ** 2
+                or (self.min_pixels is not None and self.min_pixels > self.max_pixels)):
+            raise ValueError(
+                f"need factor^2 <= max_pixels and min_pixels <= max_pixels, got "
+                f"factor={self.factor} min_pixels={self.min_pixels} "
+                f"max_pixels={self.max_pixels}"
+            )
+
+    @property
+    def spec(self):
+        return families.get(self.family)
+
+    @property
+    def max_tokens(self) -> int:
+        """Vision tokens of the largest image this budget allows."""
+        rule = self.spec.image
+        return rule.tokens if rule.resize == "square" else self.max_pixels // self.factor ** 2
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out["family"] = self.family.value
-        return out
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> ImageBudget:
@@ -110,37 +110,39 @@ class ImageBudget:
         return cls(**data)
 
 
-def default_budget(family: Family | str) -> ImageBudget:
-    return ImageBudget(Family(family))
+def default_budget(family) -> ImageBudget:
+    """The seed's budget for a family (a registry name or entry)."""
+    return ImageBudget(families.get(family).name)
 
 
-# The fast preset's image budget: 256 vision tokens (encode costs ~31 ms a token for the 3B on
-# two laptop cores). Gemma 3 always takes 256 tokens, so its budget does not change.
-FAST_IMAGE_TOKENS = 256
+# The fast preset's image budget: the family's `fast_tokens` (256 for Qwen: encode costs ~31 ms
+# a token for the 3B on two laptop cores). A square family's count is fixed, so it keeps it.
 IMAGE_PRESETS = ("seed", "fast")
 
 
-def preset_budget(family: Family | str, preset: str = "seed") -> ImageBudget:
+def preset_budget(family, preset: str = "seed") -> ImageBudget:
     """The image budget of a named preset: "seed" (the paper's, the default) or "fast"."""
     if preset not in IMAGE_PRESETS:
         raise ValueError(f"unknown image preset {preset!r}; known: {', '.join(IMAGE_PRESETS)}")
     budget = default_budget(family)
-    if preset == "fast" and budget.fixed_side is None:
-        budget = ImageBudget(budget.family, max_pixels=FAST_IMAGE_TOKENS * budget.factor ** 2,
-                             min_pixels=budget.min_pixels, factor=budget.factor)
+    rule = budget.spec.image
+    if preset == "fast" and rule.resize != "square":
+        max_pixels = rule.fast_tokens * budget.factor ** 2
+        budget = ImageBudget(budget.family, max_pixels=max_pixels, factor=budget.factor,
+                             min_pixels=(min(budget.min_pixels, max_pixels)
+                                         if rule.resize == "smart" else None))
     return budget
 
 
-def smart_resize(height: int, width: int, factor: int = QWEN_FACTOR,
-                 min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS
-                 ) -> tuple[int, int]:
-    """Qwen2.5-VL's size rule: round each side to a multiple of `factor`, then scale both
-    down (or up) together so the area stays within [min_pixels, max_pixels]. Returns
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int,
+                 max_aspect: int = 0) -> tuple[int, int]:
+    """The Qwen-VL processors' size rule: round each side to a multiple of `factor`, then scale
+    both down (or up) together so the area stays within [min_pixels, max_pixels]. Returns
     (height, width)."""
     if min(height, width) <= 0:
         raise ValueError(f"image has no pixels ({width}x{height})")
-    if max(height, width) / min(height, width) > QWEN_MAX_ASPECT:
-        raise ValueError(f"aspect ratio over {QWEN_MAX_ASPECT}:1 ({width}x{height})")
+    if max_aspect and max(height, width) / min(height, width) > max_aspect:
+        raise ValueError(f"aspect ratio over {max_aspect}:1 ({width}x{height})")
     # Sides under factor/2 round to 0 here; the scale-up branch below then lifts them.
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
@@ -155,11 +157,33 @@ def smart_resize(height: int, width: int, factor: int = QWEN_FACTOR,
     return h_bar, w_bar
 
 
+def fit_resize(height: int, width: int, factor: int, max_pixels: int) -> tuple[int, int]:
+    """The "fit" rule: scale to the area max_pixels with the aspect kept, then floor each side
+    to a multiple of `factor` (at least one `factor`, the long side capped so the area stays
+    within the budget). Returns (height, width)."""
+    if min(height, width) <= 0:
+        raise ValueError(f"image has no pixels ({width}x{height})")
+    scale = math.sqrt(max_pixels / (height * width))
+    h_bar = math.floor(height * scale / factor) * factor
+    w_bar = math.floor(width * scale / factor) * factor
+    longest = (max_pixels // factor ** 2) * factor  # one row of patches, all the budget
+    if h_bar == 0:
+        h_bar, w_bar = factor, min(max(factor, (width // height) * factor), longest)
+    elif w_bar == 0:
+        h_bar, w_bar = min(max(factor, (height // width) * factor), longest), factor
+    return h_bar, w_bar
+
+
 def target_size(width: int, height: int, budget: ImageBudget) -> tuple[int, int]:
     """The (width, height) a width x height photo is resized to under `budget`."""
-    if budget.family is Family.GEMMA3:
+    rule = budget.spec.image
+    if rule.resize == "square":
         return budget.fixed_side, budget.fixed_side
-    h, w = smart_resize(height, width, budget.factor, budget.min_pixels, budget.max_pixels)
+    if rule.resize == "fit":
+        h, w = fit_resize(height, width, budget.factor, budget.max_pixels)
+    else:
+        h, w = smart_resize(height, width, budget.factor, budget.min_pixels, budget.max_pixels,
+                            rule.max_aspect)
     return w, h
 
 

@@ -26,7 +26,7 @@ class ManifestError(ValueError):
 @dataclass
 class Manifest:
     name: str  # the folder's name when written
-    family: str  # geolocsft.images.Family value: "qwen2.5-vl" or "gemma3"
+    family: str  # a geolocsft.families name
     base_model: str  # Hugging Face id (or path) of the base checkpoint
     quant: str  # "Q4_K_M", "Q5_K_M", "Q8_0", "F16"
     model_file: str  # "model-<QUANT>.gguf"

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from geolocsft import families
 from geolocsft.cli import CliError
 
 
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("gguf", type=Path, help="the language model GGUF")
     p.add_argument("mmproj", type=Path, help="the vision projector GGUF")
     p.add_argument("--name", help="folder name (default: the GGUF's file name)")
-    p.add_argument("--family", choices=["qwen2.5-vl", "gemma3"],
+    p.add_argument("--family", choices=families.names(),
                    help="model family (default: from the GGUF's architecture)")
     p.add_argument("--base-model", help="what the model is, for the manifest")
     p.set_defaults(handler=run_import)

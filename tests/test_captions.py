@@ -21,7 +21,7 @@ from PIL import Image
 
 from geolocsft.cli import main
 from geolocsft.geo import distance_km
-from geolocsft.images import Family, default_budget, prepare_image
+from geolocsft.images import default_budget, prepare_image
 from geolocsft.protocol import (MICRO_KEYS, PROMPT_VERSION, REGIONAL_KEYS, Answer,
                                 chat_messages, format_target, get_prompt, parse_output)
 from tests.fixtures.fake_anthropic import (FakeAnthropic, Reply, error, message_body,
@@ -146,7 +146,7 @@ def test_captions_end_to_end(tmp_path, api_key, no_network, caplog, capsys):
         assert source["media_type"] == "image/jpeg"
         sent = Image.open(io.BytesIO(base64.b64decode(source["data"])))
         name = next(n for n, lat, lon in PLACES if (lat, lon) == truth_in(body))
-        expected = prepare_image(picks.parent / f"{name}.jpg", default_budget(Family.QWEN25VL))
+        expected = prepare_image(picks.parent / f"{name}.jpg", default_budget("qwen2.5-vl"))
         assert sent.size == expected.size
     assert "accepted 8, rejected 0" in captured.out
     assert_no_key(tmp_path, captured.out, captured.err, caplog.text)
@@ -154,7 +154,7 @@ def test_captions_end_to_end(tmp_path, api_key, no_network, caplog, capsys):
     # The SFT step's loader takes the dataset as it is: every record, nothing skipped.
     from trainer.collate import load_records
 
-    loaded, report = load_records(out, budget=default_budget(Family.QWEN25VL))
+    loaded, report = load_records(out, budget=default_budget("qwen2.5-vl"))
     assert sorted(r.id for r in loaded) == sorted(r["id"] for r in records)
     assert {r.id: r.target for r in loaded} == {
         r["id"]: r["messages"][-1]["content"][0]["text"] for r in records}

@@ -433,7 +433,7 @@ def test_the_app_shows_a_stores_results_for_the_chosen_model_at_once(qtbot, sett
     for that model fill the table and the map as soon as the folder opens, before (or without)
     the model loading; here the model's GGUF is not even real, and its failure is one line."""
     from geolocsft import protocol
-    from geolocsft.images import Family, default_budget
+    from geolocsft.images import default_budget
     from geolocsft.locate import LocateRunner, find_photos
     from geolocsft.manifest import Manifest, write_manifest
     from geolocsft.store import ResultStore
@@ -451,10 +451,10 @@ def test_the_app_shows_a_stores_results_for_the_chosen_model_at_once(qtbot, sett
     spec = dataclasses.replace(fake_spec("demo"),
                                model_sha256=hashlib.sha256(b"not a real gguf").hexdigest())
     write_manifest(model, Manifest(
-        name="demo-model", family=Family.QWEN25VL.value, base_model="tiny", quant="Q8_0",
+        name="demo-model", family="qwen2.5-vl", base_model="tiny", quant="Q8_0",
         model_file="model-Q8_0.gguf", mmproj_file="mmproj-f16.gguf",
         prompt_version=protocol.PROMPT_VERSION,
-        image_budget=default_budget(Family.QWEN25VL).to_dict(),
+        image_budget=default_budget("qwen2.5-vl").to_dict(),
         files={"model-Q8_0.gguf": spec.model_sha256}))
     store_path = tmp_path / "report" / "results.sqlite"
     items, _ = find_photos([folder])

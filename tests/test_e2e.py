@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from geolocsft import families
+
 pytestmark = pytest.mark.slow
+
+# The families whose demo the default run checks (the registry's DemoRecipe.in_ci); the others
+# run with `geolocsft demo --family NAME` (docs/demo.md).
+IN_CI = [f.name for f in families.FAMILIES if f.demo.in_ci]
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -69,7 +75,7 @@ def qwen_build(builds):
     return builds("qwen2.5-vl")
 
 
-@pytest.mark.parametrize("family", ["qwen2.5-vl", "gemma3"])
+@pytest.mark.parametrize("family", IN_CI)
 def test_learns_places_and_keeps_them_through_gguf(builds, family, tmp_path, record_property):
     from demo import pipeline as demo
 
@@ -81,7 +87,7 @@ def test_learns_places_and_keeps_them_through_gguf(builds, family, tmp_path, rec
     check_chain(built, evaluation, agree, compared, 0.90, tmp_path / "q8")
 
 
-@pytest.mark.parametrize("family", ["qwen2.5-vl", "gemma3"])
+@pytest.mark.parametrize("family", IN_CI)
 def test_q4_k_m_is_built_and_recorded(builds, family, tmp_path, record_property):
     """Recorded (docs/demo.md); asserted loosely: most answers still place the photo. Q4_K_M on
     a 256-wide random model drifts far more than on a trained 3B (measured: Qwen 15/24 right,
@@ -175,7 +181,7 @@ def test_bench_command_on_the_trained_model_gives_known_answers(qwen_build, tmp_
     assert json.loads(capsys.readouterr().out)["acc"] == report["scores"]["acc"]
 
 
-@pytest.mark.parametrize("family", ["qwen2.5-vl", "gemma3"])
+@pytest.mark.parametrize("family", IN_CI)
 def test_fast_decoding_gives_the_same_answers(builds, family):
     """Grammar jump-forward and throughput mode (photos decoded together) on the trained
     models: the same greedy text, token for token, as plain one-token-at-a-time decoding."""

@@ -91,7 +91,7 @@ def test_core_imports_without_llama_cpp():
 
 
 def test_spec_from_folder_and_files_agree(tiny_qwen_folder, qwen_spec):
-    assert qwen_spec.family.value == "qwen2.5-vl"
+    assert qwen_spec.family == "qwen2.5-vl"
     assert qwen_spec.gguf.exists() and qwen_spec.mmproj.exists()
     assert len(qwen_spec.model_sha256) == 64
     assert qwen_spec.prompt_version == protocol.PROMPT_VERSION
@@ -359,7 +359,7 @@ def test_model_folder_missing_its_projector(tiny_qwen_folder, tmp_path):
 @pytest.mark.slow  # builds the tiny Gemma through request.getfixturevalue
 def test_gemma_locates_with_its_own_template(request, photos):
     spec = ModelSpec.from_folder(_gemma_folder(request))
-    assert spec.family.value == "gemma3"
+    assert spec.family == "gemma3"
     engine = Engine(spec, n_threads=1, grammar=True, max_tokens=700, n_ctx=2048,
                     max_value_chars=12)
     try:

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image, ImageChops
 
 from geolocsft import images
-from geolocsft.images import Family, ImageError, default_budget
+from geolocsft import families
+from geolocsft.images import ImageError, default_budget
 from geolocsft.locate import LocateRunner, find_photos
 from geolocsft.store import ResultStore
 from tests.fixtures.fake_engine import FakeEngine
@@ -27,7 +28,7 @@ def rotated_photo_with_gps(path, gps=(-33.8568, 151.2153)):
     return path
 
 
-@pytest.mark.parametrize("family", list(Family))
+@pytest.mark.parametrize("family", list(families.names()))
 def test_same_pixels_and_gps_as_the_separate_reads(tmp_path, family):
     path = rotated_photo_with_gps(tmp_path / "p.jpg")
     budget = default_budget(family)
@@ -42,7 +43,7 @@ def test_bad_bytes_name_the_file(tmp_path):
     path = tmp_path / "broken.jpg"
     path.write_bytes(b"\xff\xd8\xff not a jpeg")
     with pytest.raises(ImageError, match="broken.jpg"):
-        images.prepare_photo(path.read_bytes(), default_budget(Family.QWEN25VL), str(path))
+        images.prepare_photo(path.read_bytes(), default_budget("qwen2.5-vl"), str(path))
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     with pytest.raises(ImageError, match="empty.jpg: empty file"):

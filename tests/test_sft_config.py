@@ -130,14 +130,14 @@ def test_targets_are_the_language_model_projections_only(family, request):
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from geolocsft.images import Family
-    from trainer.lora import LAYOUTS, LoraTargetError, apply_lora, select_targets
+    from geolocsft import families
+    from trainer.lora import LoraTargetError, apply_lora, select_targets
 
     model_dir = request.getfixturevalue("tiny_qwen_dir" if family == "qwen2.5-vl"
                                         else "tiny_gemma_dir")
-    fam = Family(family)
+    fam = families.get(family)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    layout = LAYOUTS[fam]
+    layout = fam.layout
     layers = model.config.text_config.num_hidden_layers
     targets = select_targets(model, fam)
     assert len(targets) == layers * 7

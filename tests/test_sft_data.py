@@ -13,7 +13,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from geolocsft import protocol
-from geolocsft.images import default_budget, Family
+from geolocsft import families
+from geolocsft.images import default_budget
 
 # Four places far apart; the picture of each is a distinct colour and shape.
 PLACES = [
@@ -102,7 +103,7 @@ def test_bad_rows_are_skipped_with_a_report(tmp_path):
         json.dumps(record("absolute", str(abs_image), PLACES[0])),
     ]
     path = make_dataset(tmp_path, per_place=1, extra_rows=bad)
-    records, report = load_records(path, default_budget(Family.QWEN25VL))
+    records, report = load_records(path, default_budget("qwen2.5-vl"))
 
     assert [r.id for r in records] == ["tromso-0", "cusco-0", "perth-0", "nairobi-0", "absolute"]
     assert records[-1].image == abs_image
@@ -180,7 +181,7 @@ def tiny_collator(request, tmp_path, family: str):
 
     model_dir = request.getfixturevalue("tiny_qwen_dir" if family == "qwen2.5-vl"
                                         else "tiny_gemma_dir")
-    fam = Family(family)
+    fam = families.get(family)
     processor = AutoProcessor.from_pretrained(model_dir)
     budget = image_budget(fam, processor, SFTConfig())
     records, _ = load_records(make_dataset(tmp_path, per_place=1), budget)
@@ -190,14 +191,12 @@ def tiny_collator(request, tmp_path, family: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "gemma3"])
 def test_loss_is_carried_by_exactly_the_answer_and_end_of_turn(tmp_path, family, request):
-    from trainer.collate import END_OF_TURN
-
-    fam = Family(family)
+    fam = families.get(family)
     _, collator, records = tiny_collator(request, tmp_path, family)
     processor = collator.processor
     batch, texts = loss_tokens(collator, records[:3])
     for rec, text in zip(records[:3], texts):
-        assert text == rec.target + END_OF_TURN[fam]
+        assert text == rec.target + fam.end_of_turn
     # Image tokens, system prompt and padding are all present in the input, none carry loss.
     image_id = model_dir_image_token(processor)
     assert int((batch["input_ids"] == image_id).sum()) > 0
@@ -218,7 +217,7 @@ def test_loss_on_labelled_positions_equals_the_models_own_loss(tmp_path, family,
     from trainer.lora import apply_lora
     from trainer.loss import next_token_loss
 
-    fam = Family(family)
+    fam = families.get(family)
     model_dir, collator, records = tiny_collator(request, tmp_path, family)
     batch = collator(records[:3])
     assert int((batch["attention_mask"] == 0).sum()) > 0  # padding is in the batch

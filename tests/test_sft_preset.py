@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from geolocsft import protocol
-from geolocsft.images import FAST_IMAGE_TOKENS, Family, preset_budget
+from geolocsft.images import preset_budget
+
+FAST_IMAGE_TOKENS = 256
 from tests.test_sft_data import PLACES, draw_place, make_dataset
 
 QWEN_FACTOR = 28
@@ -148,13 +150,13 @@ def test_image_budget_follows_the_preset(full_size_processor_qwen, tiny_qwen_dir
     from trainer.sft_config import SFTConfig
 
     processor = AutoProcessor.from_pretrained(full_size_processor_qwen)
-    fast = image_budget(Family.QWEN25VL, processor, SFTConfig(image_preset="fast"))
-    assert fast == preset_budget(Family.QWEN25VL, "fast") and fast.max_pixels == FAST_MAX_PIXELS
-    assert image_budget(Family.QWEN25VL, processor, SFTConfig()) == \
-        preset_budget(Family.QWEN25VL, "seed")
+    fast = image_budget("qwen2.5-vl", processor, SFTConfig(image_preset="fast"))
+    assert fast == preset_budget("qwen2.5-vl", "fast") and fast.max_pixels == FAST_MAX_PIXELS
+    assert image_budget("qwen2.5-vl", processor, SFTConfig()) == \
+        preset_budget("qwen2.5-vl", "seed")
     # A processor that accepts less still wins (the tiny one: 16 tokens).
     tiny = AutoProcessor.from_pretrained(tiny_qwen_dir)
-    assert image_budget(Family.QWEN25VL, tiny, SFTConfig(image_preset="fast")).max_pixels == \
+    assert image_budget("qwen2.5-vl", tiny, SFTConfig(image_preset="fast")).max_pixels == \
         tiny.image_processor.size["longest_edge"]
 
 
@@ -219,7 +221,7 @@ def test_fast_run_records_the_contract(fast_chain):
     _, data, run, _ = fast_chain
     rec = json.loads((run / "adapter" / "training_record.json").read_text())
     assert rec["prompt_version"] == "gls-c1" and rec["image_preset"] == "fast"
-    assert rec["image_budget"] == preset_budget(Family.QWEN25VL, "fast").to_dict()
+    assert rec["image_budget"] == preset_budget("qwen2.5-vl", "fast").to_dict()
     assert rec["image_budget"]["max_pixels"] == FAST_MAX_PIXELS
     assert rec["config"]["prompt_version"] == "gls-c1" and rec["steps"] == 2
     assert rec["data"]["records"] == 3 and rec["data"]["path"] == str(data.resolve())

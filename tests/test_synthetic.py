@@ -13,7 +13,7 @@ from PIL import Image, ImageChops, ImageStat
 
 from demo import synthetic
 from geolocsft import datasets, geo, images, protocol
-from geolocsft.images import Family, ImageBudget
+from geolocsft.images import ImageBudget
 
 
 def mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
@@ -97,7 +97,7 @@ def test_jsonl_is_the_trainers_format(splits):
     from trainer.collate import load_records
 
     _, train, _ = splits
-    budget = ImageBudget(Family.QWEN25VL, max_pixels=112 * 112, min_pixels=56 * 56)
+    budget = ImageBudget("qwen2.5-vl", max_pixels=112 * 112, min_pixels=56 * 56)
     records, report = load_records(train.jsonl, budget)
     assert report.kept == train.count and report.skipped == []
     rows = [json.loads(line) for line in train.jsonl.read_text().splitlines()]
@@ -121,7 +121,7 @@ def test_splits_are_deterministic_and_held_out_renders_are_new(splits, tmp_path)
     assert digests == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
                        for p in (again.folder / "images").iterdir()}
     # Held-out renders differ from every training render of the same place.
-    budget = ImageBudget(Family.QWEN25VL, max_pixels=112 * 112, min_pixels=56 * 56)
+    budget = ImageBudget("qwen2.5-vl", max_pixels=112 * 112, min_pixels=56 * 56)
     for held_image in sorted((held.folder / "images").iterdir()):
         key = synthetic.place_of(held_image.stem).key
         seen = images.prepare_image(held_image, budget)

@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from geolocsft.images import IMAGE_PRESETS, Family, ImageError, prepare_image, preset_budget
+from geolocsft import families
+from geolocsft.images import IMAGE_PRESETS, ImageError, prepare_image, preset_budget
 from geolocsft.protocol import PROMPT_VERSION, get_prompt
 from trainer import pricing
 from trainer.caption_plan import Budget, load_progress, pending_picks
@@ -50,7 +51,7 @@ class CaptionSettings:
     max_retries: int = 4  # the SDK's own retries per request (backoff, retry-after)
     timeout: float = 600.0  # seconds per HTTP request
     max_tokens: int = DEFAULT_MAX_TOKENS
-    family: Family = Family.QWEN25VL  # whose image budget the teacher's photo follows
+    family: str = families.DEFAULT  # whose image budget the teacher's photo follows
     # The contract the dataset is written under: the student's prompt version (the teacher's
     # system prompt, the schema its replies are checked against, the records' messages) and
     # the image preset of the photo the teacher sees.
@@ -68,7 +69,7 @@ class CaptionSettings:
     batch_max_mb: float = 200.0  # request bytes per batch (the API's limit is 256 MB)
 
     def __post_init__(self) -> None:
-        self.family = Family(self.family)
+        self.family = families.get(self.family).name
         self.answer_source = AnswerSource(self.answer_source)
         if self.attempts < 1:
             raise ValueError("attempts must be at least 1")

@@ -128,6 +128,7 @@ def _curate(args) -> int:
 
 
 def _register_caption(steps) -> None:
+    from geolocsft import families
     from geolocsft.images import IMAGE_PRESETS
     from geolocsft.protocol import PROMPT_VERSION, PROMPTS
     from trainer import pricing, teacher
@@ -151,15 +152,15 @@ def _register_caption(steps) -> None:
     p.add_argument("--answer-from", choices=[s.value for s in teacher.AnswerSource],
                    default=teacher.AnswerSource.TRUTH.value,
                    help="coordinates in the target's <answer>: the true GPS (default) or the teacher's")
-    p.add_argument("--family", default="qwen2.5-vl", choices=["qwen2.5-vl", "gemma3"],
-                   help="whose image budget the teacher's photo is prepared with (default qwen2.5-vl)")
+    p.add_argument("--family", default=families.DEFAULT, choices=families.names(),
+                   help=f"whose image budget the teacher's photo is prepared with (default {families.DEFAULT})")
     p.add_argument("--prompt-version", choices=sorted(PROMPTS), default=PROMPT_VERSION,
                    help=f"the student's prompt and caption format the teacher writes (default "
                         f"{PROMPT_VERSION}, the seed's; gls-c1 is the fast preset's compact one). "
                         f"Train with the same version")
     p.add_argument("--image-preset", choices=IMAGE_PRESETS, default="seed",
                    help="image budget of the photo the teacher sees: seed (default) or fast "
-                        "(256 image tokens for Qwen2.5-VL). Train with the same preset")
+                        "(256 image tokens for Qwen-VL). Train with the same preset")
     p.add_argument("--image-format", choices=["jpeg", "png"], default="jpeg")
     p.add_argument("--max-tokens", type=int, default=teacher.DEFAULT_MAX_TOKENS)
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")

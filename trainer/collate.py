@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from geolocsft import protocol
-from geolocsft.images import Family, ImageError, prepare_image
+from geolocsft import families
+from geolocsft.images import ImageError, prepare_image
 
 IGNORE_INDEX = -100
-# The token each family's chat template writes after an assistant turn.
-END_OF_TURN = {Family.QWEN25VL: "<|im_end|>", Family.GEMMA3: "<end_of_turn>"}
-
 
 class SFTDataError(ValueError):
     """The dataset cannot be trained on as a whole (empty after checks, prompt mismatch)."""
@@ -224,16 +222,16 @@ def split_holdout(records: list[SFTRecord], fraction: float,
 class SFTCollator:
     """Records -> padded batch with `labels` that are -100 everywhere but the assistant's turn."""
 
-    def __init__(self, processor: Any, family: Family, budget: Any):
+    def __init__(self, processor: Any, family, budget: Any):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "right"
-        self.family = family
+        self.family = family = families.get(family)
         self.budget = budget
-        eot = END_OF_TURN[family]
+        eot = family.end_of_turn
         self.eot_id = self.tokenizer.convert_tokens_to_ids(eot)
         if self.eot_id is None or self.eot_id == self.tokenizer.unk_token_id:
-            raise SFTDataError(f"tokenizer has no {eot!r} token: not a {family.value} chat model")
+            raise SFTDataError(f"tokenizer has no {eot!r} token: not a {family.name} chat model")
 
     def render(self, messages: list, generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(

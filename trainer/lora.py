@@ -1,54 +1,29 @@
 """Which modules get LoRA: the language model's attention and MLP projections, nothing else.
 
-Qwen2.5-VL's vision blocks have gate/up/down_proj and Gemma 3's SigLIP tower has q/k/v_proj, so
-a plain suffix list (what most recipes pass to peft) would also adapt the vision encoder. We list
-targets by full module path under the language model and check the count: 7 per decoder layer.
+Vision towers have gate/up/down_proj and q/k/v_proj too, so a plain suffix list (what most
+recipes pass to peft) would also adapt the vision encoder. We list targets by full module path
+under the language model, as the family's layout in the registry (geolocsft.families) states
+them, and check the count per layer type.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
-from geolocsft.images import Family
-
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj of decoder layer N.
-LAYER_TARGET = re.compile(r"\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)$")
-
-
-@dataclass(frozen=True)
-class ModelLayout:
-    """Where the parts of a vision-language model sit (transformers 5 module paths)."""
-
-    language_model: str
-    vision_tower: str
-    projector: str
-
-
-LAYOUTS = {
-    Family.QWEN25VL: ModelLayout("model.language_model", "model.visual", "model.visual.merger"),
-    Family.GEMMA3: ModelLayout(
-        "model.language_model", "model.vision_tower", "model.multi_modal_projector"
-    ),
-}
-
-MODEL_TYPES = {"qwen2_5_vl": Family.QWEN25VL, "gemma3": Family.GEMMA3}
+from geolocsft import families
+from geolocsft.families import FamilySpec
 
 
 class LoraTargetError(RuntimeError):
     """The model does not match the family's layout: refuse rather than adapt the wrong thing."""
 
 
-def family_from_model_type(model_type: str, source: str = "config") -> Family:
+def family_from_model_type(model_type: str, source: str = "config") -> FamilySpec:
     try:
-        return MODEL_TYPES[model_type]
-    except KeyError:
-        known = ", ".join(sorted(MODEL_TYPES))
-        raise LoraTargetError(
-            f"{source}: model_type {model_type!r} is not supported (known: {known})"
-        ) from None
+        return families.by_model_type(model_type)
+    except families.UnknownFamilyError as exc:
+        raise LoraTargetError(f"{source}: {exc}") from None
 
 
 def num_text_layers(model: Any) -> int:
@@ -57,29 +32,38 @@ def num_text_layers(model: Any) -> int:
     return int(text.num_hidden_layers)
 
 
-def select_targets(model: Any, family: Family) -> list[str]:
-    """Full paths of the LoRA targets; raises unless exactly 7 per language-model layer."""
-    layout = LAYOUTS[family]
+def expected_targets(model: Any, family: FamilySpecSpec) -> int:
+    """How many LoRA targets the language model has: the layout's count per layer type."""
+    text = getattr(model.config, "text_config", None) or model.config
+    per_layer = family.layout.per_layer
+    types = list(getattr(text, "layer_types", None) or [])[:num_text_layers(model)]
+    if not types or not set(types) <= set(per_layer):
+        return num_text_layers(model) * per_layer[""]
+    return sum(per_layer[t] for t in types)
+
+
+def select_targets(model: Any, family: FamilySpecSpec) -> list[str]:
+    """Full paths of the LoRA targets; raises unless each language-model layer has its count."""
+    layout = family.layout
     names = dict(model.named_modules())
     for part in (layout.language_model, layout.vision_tower, layout.projector):
         if part not in names:
-            raise LoraTargetError(f"{family.value} model has no module {part!r}")
-    prefix = layout.language_model
-    targets = [
-        name
-        for name in names
-        if name.startswith(prefix + ".layers.") and LAYER_TARGET.search(name[len(prefix):])
-    ]
-    expected = num_text_layers(model) * len(PROJECTIONS)
+            raise LoraTargetError(f"{family.name} model has no module {part!r}")
+    prefix = layout.language_model + ".layers."
+    pattern = re.compile(r"^\d+\." + layout.targets + "$")
+    targets = [name for name in names
+               if name.startswith(prefix) and pattern.match(name[len(prefix):])]
+    expected = expected_targets(model, family)
     if len(targets) != expected:
         raise LoraTargetError(
-            f"found {len(targets)} LoRA targets under {prefix}, expected {expected} "
-            f"({num_text_layers(model)} layers x {len(PROJECTIONS)} projections)"
+            f"found {len(targets)} LoRA targets under {layout.language_model}, expected "
+            f"{expected} ({num_text_layers(model)} layers; per layer type: "
+            f"{dict(layout.per_layer)})"
         )
     return targets
 
 
-def lora_config(targets: list[str], family: Family, rank: int, alpha: int, dropout: float,
+def lora_config(targets: list[str], family: FamilySpec, rank: int, alpha: int, dropout: float,
                 train_projector: bool = False):
     from peft import LoraConfig
 
@@ -89,12 +73,12 @@ def lora_config(targets: list[str], family: Family, rank: int, alpha: int, dropo
         lora_dropout=dropout,
         bias="none",
         target_modules=targets,
-        modules_to_save=[LAYOUTS[family].projector] if train_projector else None,
+        modules_to_save=[family.layout.projector] if train_projector else None,
         task_type="CAUSAL_LM",
     )
 
 
-def apply_lora(model: Any, family: Family, rank: int, alpha: int, dropout: float,
+def apply_lora(model: Any, family: FamilySpec, rank: int, alpha: int, dropout: float,
                train_projector: bool = False):
     """Wrap `model` with LoRA adapters on the language model only; returns (peft_model, targets)."""
     from peft import get_peft_model
@@ -119,8 +103,8 @@ def lora_module_names(peft_model: Any) -> list[str]:
     ]
 
 
-def check_adapted(peft_model: Any, family: Family, expected: int) -> None:
-    layout = LAYOUTS[family]
+def check_adapted(peft_model: Any, family: FamilySpec, expected: int) -> None:
+    layout = family.layout
     adapted = lora_module_names(peft_model)
     outside = [n for n in adapted if not n.startswith(layout.language_model + ".")]
     if outside or len(adapted) != expected:

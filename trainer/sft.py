@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from geolocsft import __version__
-from geolocsft.images import Family, ImageBudget, preset_budget
+from geolocsft import families
+from geolocsft.families import FamilySpec
+from geolocsft.images import ImageBudget, preset_budget
 from trainer.collate import SFTCollator, load_records, split_holdout
 from trainer.jsonl import write_json_atomic
 from trainer.lora import apply_lora, family_from_model_type
@@ -49,9 +51,9 @@ def log(message: str) -> None:
 
 # --- the model, its family and its image budget ----------------------------------------------
 
-def read_family(cfg: SFTConfig) -> Family:
+def read_family(cfg: SFTConfig) -> FamilySpec:
     if cfg.family:
-        return Family(cfg.family)
+        return families.get(cfg.family)
     from transformers import AutoConfig
 
     if (os.path.isabs(cfg.model) or cfg.model.startswith(".")) and not Path(cfg.model).is_dir():
@@ -63,20 +65,28 @@ def read_family(cfg: SFTConfig) -> Family:
     return family_from_model_type(model_type, cfg.model)
 
 
-def image_budget(family: Family, processor: Any, cfg: SFTConfig) -> ImageBudget:
+def image_budget(family, processor: Any, cfg: SFTConfig) -> ImageBudget:
     """The budget of the configured image preset (what inference uses), never more than the
     checkpoint's processor accepts (tiny test models have tiny processors), unless the config
     sets pixels explicitly."""
-    size = getattr(processor.image_processor, "size", None) or {}
+    family = families.get(family)
+    image_processor = processor.image_processor
+    size = getattr(image_processor, "size", None) or {}
     default = preset_budget(family, cfg.image_preset)
-    if family is Family.GEMMA3:
+    resize = family.image.resize
+    if resize == "square":
         side = size.get("height") or default.fixed_side
-        return ImageBudget(family, fixed_side=int(side))
+        return ImageBudget(family.name, fixed_side=int(side))
+    if resize == "fit":  # the processor states its budget in tokens
+        tokens = getattr(image_processor, "max_soft_tokens", None)
+        processor_max = tokens * default.factor ** 2 if tokens else default.max_pixels
+        max_pixels = cfg.max_pixels or min(default.max_pixels, processor_max)
+        return ImageBudget(family.name, max_pixels=int(max_pixels), factor=default.factor)
     max_pixels = cfg.max_pixels or min(default.max_pixels,
                                        size.get("longest_edge") or default.max_pixels)
     min_pixels = cfg.min_pixels or max(default.min_pixels, size.get("shortest_edge") or 0)
-    return ImageBudget(family, max_pixels=int(max_pixels), min_pixels=int(min(min_pixels,
-                                                                              max_pixels)))
+    return ImageBudget(family.name, max_pixels=int(max_pixels),
+                       min_pixels=int(min(min_pixels, max_pixels)), factor=default.factor)
 
 
 def choose_dtype(cfg: SFTConfig):
@@ -428,7 +438,7 @@ def train(cfg: SFTConfig) -> dict:
         writer = SummaryWriter(str(run_dir / "tensorboard"))
     log_path = run_dir / "log.jsonl"
     if is_main:
-        log(f"{family.value}: {len(targets)} LoRA targets, {n_trainable:,} of {n_total:,} "
+        log(f"{family.name}: {len(targets)} LoRA targets, {n_trainable:,} of {n_total:,} "
             f"parameters trainable; {len(train_records)} train / {len(eval_records)} held out; "
             f"{world} process(es), global batch {global_batch}, {total_steps} steps, "
             f"{str(dtype).removeprefix('torch.')}")
@@ -486,7 +496,7 @@ def train(cfg: SFTConfig) -> dict:
     base_model = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
     save_adapter(accelerator, model, processor, adapter_dir, base_model)
     summary: dict[str, Any] = {
-        "config": cfg.to_dict(), "family": family.value, "base_model": base_model,
+        "config": cfg.to_dict(), "family": family.name, "base_model": base_model,
         # The contract the converter copies into the manifest (inference follows it).
         "prompt_version": cfg.prompt_version, "image_preset": cfg.image_preset,
         "image_budget": budget.to_dict(),

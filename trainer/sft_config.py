@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from geolocsft import families
 from geolocsft.protocol import PROMPT_VERSION
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -34,7 +35,7 @@ class SFTConfig:
     model: str = ""  # base model: local folder (or a hub id already in the local cache)
     data: str = ""  # SFT JSONL written by `geolocsft train caption`
     output_dir: str = "runs/sft"
-    family: str = ""  # "qwen2.5-vl" | "gemma3"; empty: read from the model's config.json
+    family: str = ""  # a geolocsft.families name; empty: read from the model's config.json
     allow_prompt_mismatch: bool = False  # train on records from another prompt version
     # The contract the model is trained for, recorded in training_record.json and from there
     # in the model folder's manifest, which inference follows (train = infer): the prompt
@@ -107,7 +108,8 @@ class SFTConfig:
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
             (0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)"),
-            (self.family in ("", "qwen2.5-vl", "gemma3"), "family must be qwen2.5-vl or gemma3"),
+            (self.family in ("", *families.names()),
+             f"family must be one of {', '.join(families.names())}"),
             (self.keep_checkpoints > 0, "keep_checkpoints must be > 0"),
         ]
         for ok, message in checks:

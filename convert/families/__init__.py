@@ -1,10 +1,15 @@
-"""Model families the converter handles, keyed by the `model_type` in a checkpoint's config.json.
+"""The converter's family modules: the code that has to know a family's checkpoint files.
+Which module serves which family is registry data (`geolocsft.families.FamilySpec.converter_module`).
 
 Each family module offers the same functions:
 - `make_tiny(out_dir)`: a tiny random checkpoint for tests and the demo;
 - `prepare_for_converter(src_dir, staging_dir)`: a copy of a checkpoint that llama.cpp's
   converter reads correctly (the source is never modified);
 - `image_budget(ckpt_dir) -> geolocsft.images.ImageBudget`;
+- `save_skeleton_processor(out_dir, config)`: tokenizer, processor and chat template of a
+  full-size skeleton (convert/skeleton.py);
+- `stock_chat_handler(mmproj)`: llama-cpp-python's own chat handler for the family (the
+  independent path `convert verify` and the benchmark's "stock" column use);
 and the constants MODEL_TYPE, ARCHITECTURE, BASE_MODEL_IDS."""
 
 from __future__ import annotations
@@ -13,27 +18,22 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
-from geolocsft.images import Family
+from geolocsft import families
+from geolocsft.families import FamilySpec
 from geolocsft.fsutil import read_json
-
-# config.json model_type -> (family, module)
-_FAMILIES: dict[str, tuple[Family, str]] = {
-    "qwen2_5_vl": (Family.QWEN25VL, "convert.families.qwen25vl"),
-    "gemma3": (Family.GEMMA3, "convert.families.gemma3"),
-}
 
 
 class UnsupportedModelError(ValueError):
     """A checkpoint of an architecture the converter does not handle."""
 
 
-def family_module(family: Family | str) -> ModuleType:
-    """The family module for a Family (or its value, e.g. "qwen2.5-vl")."""
-    family = Family(family)
-    for fam, module in _FAMILIES.values():
-        if fam is family:
-            return importlib.import_module(module)
-    raise UnsupportedModelError(f"no converter family for {family.value}")
+def family_module(family: FamilySpec | str) -> ModuleType:
+    """The converter module of a family (a registry entry or name, e.g. "qwen2.5-vl")."""
+    try:
+        spec = families.get(family)
+    except families.UnknownFamilyError as exc:
+        raise UnsupportedModelError(str(exc)) from None
+    return importlib.import_module(spec.converter_module)
 
 
 def read_config(ckpt_dir: Path) -> dict:
@@ -41,17 +41,13 @@ def read_config(ckpt_dir: Path) -> dict:
                      missing="missing (not a Hugging Face checkpoint)")
 
 
-def family_of(ckpt_dir: Path) -> Family:
+def family_of(ckpt_dir: Path) -> FamilySpec:
     """The family of a checkpoint folder, from its config.json; clear error otherwise."""
     config = read_config(ckpt_dir)
-    model_type = config.get("model_type")
-    if model_type not in _FAMILIES:
-        known = ", ".join(sorted(_FAMILIES))
-        raise UnsupportedModelError(
-            f"{Path(ckpt_dir) / 'config.json'}: model_type {model_type!r} is not supported "
-            f"(supported: {known})"
-        )
-    return _FAMILIES[model_type][0]
+    try:
+        return families.by_model_type(config.get("model_type"))
+    except families.UnknownFamilyError as exc:
+        raise UnsupportedModelError(f"{Path(ckpt_dir) / 'config.json'}: {exc}") from None
 
 
 def module_for_checkpoint(ckpt_dir: Path) -> ModuleType:

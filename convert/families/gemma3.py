@@ -24,6 +24,7 @@ from pathlib import Path
 
 from geolocsft.fsutil import atomic_open, atomic_write, read_json
 
+FAMILY = "gemma3"  # the registry name (geolocsft.families)
 MODEL_TYPE = "gemma3"
 ARCHITECTURE = "Gemma3ForConditionalGeneration"
 
@@ -573,7 +574,33 @@ def image_size(ckpt_dir: Path) -> int:
 
 def image_budget(ckpt_dir: Path):
     """Gemma 3 squashes every photo to one fixed square (896 px in the released models)."""
-    from geolocsft.images import Family, ImageBudget
+    from geolocsft.images import ImageBudget
 
     side = image_size(ckpt_dir)
-    return ImageBudget(family=Family.GEMMA3, fixed_side=side)
+    return ImageBudget(family=FAMILY, fixed_side=side)
+
+
+# ---------------------------------------------------------------------------------------------
+# llama-cpp-python's own chat handler (convert verify, the benchmark's stock column)
+
+
+def stock_chat_handler(mmproj: Path):
+    """llama-cpp-python's Llava handler with Gemma 3's turn format: the stock library has no
+    Gemma 3 handler; mtmd adds <start_of_image>..<end_of_image> around the image itself."""
+    from llama_cpp import llama_chat_format
+
+    class Gemma3StockHandler(llama_chat_format.Llava15ChatHandler):
+        DEFAULT_SYSTEM_MESSAGE = None  # Gemma has no system turn; Llava's default would add one
+        CHAT_FORMAT = (
+            "{% for message in messages %}"
+            "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+            "{% if message['content'] is string %}{{ message['content'] }}"
+            "{% else %}{% for content in message['content'] %}"
+            "{% if content['type'] == 'image_url' %}"
+            "{{ content.image_url if content.image_url is string else content.image_url.url }}"
+            "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+            "{% endfor %}{% endif %}<end_of_turn>\n"
+            "{% endfor %}<start_of_turn>model\n"
+        )
+
+    return Gemma3StockHandler(clip_model_path=str(mmproj), verbose=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from geolocsft.fsutil import read_json
 
+FAMILY = "qwen2.5-vl"  # the registry name (geolocsft.families)
 MODEL_TYPE = "qwen2_5_vl"
 ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
 
@@ -49,6 +50,11 @@ SPECIAL_TOKENS: tuple[tuple[int, str, bool], ...] = (
     (151663, "<|repo_name|>", False),
     (151664, "<|file_sep|>", False),
 )
+# Released Qwen2.5-VL processors: 4 to 16,384 vision patches of 28x28 before the seed's budget
+# caps it (the converter records the seed's budget, not this maximum).
+RELEASED_MIN_PIXELS = 56 * 56
+RELEASED_MAX_PIXELS = 28 * 28 * 16384
+
 VOCAB_SIZE = 151936  # embedding rows in the released checkpoints (padded past the tokenizer)
 
 # Tiny image budget: 112x112 at most (16 vision tokens after the 2x2 merge), 56x56 at least.
@@ -221,9 +227,7 @@ def save_skeleton_processor(out_dir: Path, config) -> None:
     the real vocabulary and the released processors' pixel range."""
     from transformers import Qwen2_5_VLProcessor
 
-    from convert.skeleton import QWEN_RELEASED_MAX_PIXELS, QWEN_RELEASED_MIN_PIXELS
-
-    pixels = (QWEN_RELEASED_MIN_PIXELS, QWEN_RELEASED_MAX_PIXELS)
+    pixels = (RELEASED_MIN_PIXELS, RELEASED_MAX_PIXELS)
     Qwen2_5_VLProcessor(image_processor=_image_processor(*pixels), tokenizer=build_tokenizer(),
                         video_processor=_video_processor(*pixels),
                         chat_template=_chat_template()).save_pretrained(out_dir)
@@ -263,7 +267,7 @@ def _image_processor_config(ckpt_dir: Path) -> tuple[Path, dict]:
 
 def image_budget(ckpt_dir: Path):
     """The image budget a checkpoint's processor applies, as the core's ImageBudget."""
-    from geolocsft.images import QWEN_MAX_PIXELS, Family, ImageBudget
+    from geolocsft.images import ImageBudget, default_budget
 
     path, cfg = _image_processor_config(ckpt_dir)
     size = cfg.get("size") or {}
@@ -275,9 +279,16 @@ def image_budget(ckpt_dir: Path):
     # Real Qwen2.5-VL processors allow 12.8 MP; the seed's budget (~1,280 vision tokens) is what
     # training uses, so a base converted without a training record gets that, not the maximum.
     return ImageBudget(
-        family=Family.QWEN25VL,
-        max_pixels=min(int(max_pixels), QWEN_MAX_PIXELS),
+        family=FAMILY,
+        max_pixels=min(int(max_pixels), default_budget(FAMILY).max_pixels),
         min_pixels=int(min_pixels),
         factor=factor,
         fixed_side=None,
     )
+
+
+def stock_chat_handler(mmproj: Path):
+    """llama-cpp-python's own Qwen2.5-VL chat handler."""
+    from llama_cpp import llama_chat_format
+
+    return llama_chat_format.Qwen25VLChatHandler(clip_model_path=str(mmproj), verbose=False)
