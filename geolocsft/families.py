@@ -94,7 +94,8 @@ class FamilySpec:
     # Sliding-window attention layers keep the full cache (else the prompt prefix is dropped).
     full_swa_cache: bool = False
     # Part of the language model is recurrent: its state cannot be cut back to a position, so
-    # the engine re-reads the prompt per photo and does not draft grammar-forced tokens.
+    # the engine restores saved copies of the prefix's and the prompt's state instead of
+    # trimming (geolocsft/engine_state.py) and does not draft grammar-forced tokens.
     recurrent: bool = False
     notes: str = ""  # status and caveats, shown in docs/families.md
 
