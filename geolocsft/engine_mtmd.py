@@ -126,14 +126,14 @@ def render_prompt(chat_template: str, messages: list[dict], family: str, marker:
                               extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    spec = families.get(family)
     text = render_guarded(
         env, chat_template, messages=messages, add_generation_prompt=True, bos_token=bos_token,
-        eos_token=eos_token,
+        eos_token=eos_token, **dict(spec.chat_template_kwargs),
     )
     # The text the HF chat template puts where the image goes (the processor expands it at
     # training time); mtmd's marker takes its place, and mtmd adds the begin/end-of-image
     # tokens itself, so the token sequence matches what the fine-tune saw.
-    spec = families.get(family)
     placeholder, replacement = spec.image_placeholder, spec.placeholder_wrap
     count = text.count(placeholder)
     if count != 1:

@@ -97,6 +97,11 @@ class FamilySpec:
     # the engine restores saved copies of the prefix's and the prompt's state instead of
     # trimming (geolocsft/engine_state.py) and does not draft grammar-forced tokens.
     recurrent: bool = False
+    # Variables the chat template is rendered with wherever a prompt is built (training, the
+    # HF evaluation, the engine), so that all three see the same text; e.g. a template whose
+    # generation prompt opens a thinking block unless told not to.
+    chat_template_kwargs: Mapping[str, object] = field(
+        default_factory=lambda: MappingProxyType({}))
     notes: str = ""  # status and caveats, shown in docs/families.md
 
 
@@ -184,6 +189,10 @@ FAMILIES: tuple[FamilySpec, ...] = (
                      "Qwen/Qwen3.5-4B-Base", "Qwen/Qwen3.5-9B-Base"),
         skeletons=MappingProxyType({"qwen3.5-0.8b": "qwen3.5-0.8b.json"}),
         recurrent=True,
+        # 4B and larger ship a template whose generation prompt opens a thinking block ("<think>\n")
+        # by default; 0.8B/2B's closes it empty. Geolocation captions are trained and read
+        # after an empty think block for every size.
+        chat_template_kwargs=MappingProxyType({"enable_thinking": False}),
         notes="hybrid Gated DeltaNet + attention language model (recurrent state)",
     ),
 )
