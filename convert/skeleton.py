@@ -87,11 +87,12 @@ def _model_class(family: families.FamilySpec):
 
 
 def _hash(name: str, layers: int | None) -> str:
-    from convert.families import family_module
+    from convert.families import module_files
 
     family, file = _entry(name)
     digest = hashlib.sha256(inspect.getsource(inspect.getmodule(make_skeleton)).encode())
-    digest.update(inspect.getsource(family_module(family)).encode())
+    for path in module_files(family):
+        digest.update(path.read_bytes())
     digest.update((CONFIG_DIR / file).read_bytes())
     digest.update(f"layers={layers}".encode())
     for package in ("transformers", "tokenizers", "sentencepiece", "torch"):

@@ -9,7 +9,7 @@ import inspect
 from pathlib import Path
 
 from convert.cache import build_once, prune_stale
-from convert.families import family_module
+from convert.families import family_module, module_files
 from geolocsft import families
 from geolocsft.paths import cache_dir
 
@@ -23,8 +23,7 @@ def _version(package: str) -> str:
 
 def factory_hash(family) -> str:
     """Changes when the family's factory code or the libraries that shape its files change."""
-    module = family_module(family)
-    digest = hashlib.sha256(inspect.getsource(module).encode())
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in module_files(family)))
     for package in ("transformers", "tokenizers", "sentencepiece", "llama-cpp-python"):
         digest.update(f"{package}={_version(package)}".encode())
     return digest.hexdigest()[:12]
@@ -49,11 +48,11 @@ FOLDER_MODULES = ("build.py", "errors.py", "gguf.py", "llamacpp.py", "merge.py",
 
 def pipeline_hash(family) -> str:
     """Changes when any code that shapes a model folder of `family` changes (its own converter
-    module only: adding a family does not rebuild the others' folders)."""
+    module and those it borrows from: adding a family does not rebuild the others' folders)."""
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     sources = [root / name for name in FOLDER_MODULES]
-    sources += [root / "families" / "__init__.py", Path(inspect.getfile(family_module(family)))]
+    sources += [root / "families" / "__init__.py", *module_files(family)]
     sources.append(root.parent / "geolocsft" / "manifest.py")
     for path in sources:
         digest.update(path.name.encode())

@@ -81,13 +81,14 @@ def recipe(family: str) -> dict:
 def build_key(family: str) -> str:
     """Changes with the recipe, the generator, the core contract, the trainer's and the
     converter's code, and the versions of the libraries they run on."""
+    from convert.families import module_files
+
     digest = hashlib.sha256(json.dumps(recipe(family), sort_keys=True).encode())
     paths = [PROJECT_ROOT / s for s in _KEY_SOURCES]
     for folder in _KEY_FOLDERS:
         paths += sorted((PROJECT_ROOT / folder).glob("*.py"))
-    # Only this family's converter module: adding a family does not rebuild the others' demos.
-    module = families.get(family).converter_module.replace(".", "/")
-    paths += [PROJECT_ROOT / "convert/families/__init__.py", PROJECT_ROOT / f"{module}.py"]
+    # Only this family's converter modules: adding a family does not rebuild the others' demos.
+    paths += [PROJECT_ROOT / "convert/families/__init__.py", *module_files(family)]
     for path in paths:
         digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
         digest.update(path.read_bytes() if path.is_file() else b"<missing>")

@@ -52,7 +52,9 @@ class ImageRule:
 class ModelLayout:
     """Where a checkpoint's parts sit (transformers 5 module paths), and which language-model
     modules LoRA adapts: `targets` matches the path after `<language_model>.layers.N.`, and
-    `per_layer` says how many targets each layer type has ("" for layers without a type)."""
+    `per_layer` says how many targets each layer type has ("" for layers without a type;
+    "kv_shared" for the last `num_kv_shared_layers` layers, which reuse earlier layers' KV and
+    have no k/v projections)."""
 
     language_model: str
     vision_tower: str
@@ -158,6 +160,71 @@ FAMILIES: tuple[FamilySpec, ...] = (
         skeletons=MappingProxyType({"gemma-3-4b-it": "gemma-3-4b-it.json"}),
         full_swa_cache=True,
         notes="the seed's second family",
+    ),
+    FamilySpec(
+        name="qwen3-vl",
+        title="Qwen3-VL",
+        model_types=("qwen3_vl",),
+        hf_architectures=("Qwen3VLForConditionalGeneration",),
+        gguf_architectures=("qwen3vl",),
+        projector_types=("qwen3vl_merger",),
+        converter_module="convert.families.qwen3vl",
+        # 16 px patches merged 2x2 (sides multiples of 32). The seed's 1,280 vision tokens kept as
+        # tokens, not pixels (1,280 x 32² ~ 1.3 MP): the language model reads as many image
+        # tokens per photo as in the paper's recipe. Min is the released processor's 256².
+        image=ImageRule("smart", factor=32, min_pixels=256 * 256, max_pixels=1280 * 32 * 32,
+                        max_aspect=200),
+        image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        placeholder_wrap="{marker}",
+        end_of_turn="<|im_end|>",
+        # The DeepStack mergers (model.visual.deepstack_merger_list) stay frozen: the projector
+        # trained with --train-projector is the final merger, as for Qwen2.5-VL.
+        layout=_QWEN_LAYOUT,
+        # The tiny Qwen2.5-VL's recipe (same vocabulary, same caption lengths). Not in CI until a
+        # full run here has measured it (docs/demo.md, "Qwen3-VL"): the loss fell as fast as
+        # Qwen2.5-VL's (13.1 -> 1.24 in 48 of 288 steps) but the machine was too loaded to finish.
+        demo=DemoRecipe(("--epochs", "12", "--lr-scheduler", "cosine", *_COMMON_DEMO_FLAGS),
+                        eval_max_new_tokens=256, in_ci=False),
+        base_models=("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct",
+                     "Qwen/Qwen3-VL-8B-Instruct", "Qwen/Qwen3-VL-32B-Instruct"),
+        skeletons=MappingProxyType({"qwen3-vl-2b-instruct": "qwen3-vl-2b-instruct.json",
+                                    "qwen3-vl-4b-instruct": "qwen3-vl-4b-instruct.json"}),
+        notes="dense Instruct sizes; tested here with tiny models, real weights untested",
+    ),
+    FamilySpec(
+        name="gemma4",
+        title="Gemma 4",
+        model_types=("gemma4",),
+        hf_architectures=("Gemma4ForConditionalGeneration",),
+        gguf_architectures=("gemma4",),
+        projector_types=("gemma4v",),
+        converter_module="convert.families.gemma4",
+        # Patches of 16 px pooled 3x3: sides on a 48 px grid, aspect kept, at most N tokens with
+        # N one of 70/140/280/560/1120. 280 is the released processors' default and the allowed
+        # budget nearest the seed's 256 Gemma 3 tokens; the fast preset halves it to 140 (256,
+        # the other families' fast budget, is not one the processor accepts).
+        image=ImageRule("fit", factor=48, max_pixels=280 * 48 * 48, fast_tokens=140,
+                        allowed_tokens=(70, 140, 280, 560, 1120)),
+        image_placeholder="<|image|>",
+        placeholder_wrap="{marker}",
+        end_of_turn="<turn|>",
+        # KV-sharing layers (the last 20 of E2B's 35, 18 of E4B's 42) reuse an earlier layer's
+        # keys and values and have no k/v projections: 5 targets there ("kv_shared", counted
+        # from text_config.num_kv_shared_layers), 7 elsewhere. The per-layer-input gate and
+        # projection are left as the seed leaves embeddings.
+        layout=ModelLayout("model.language_model", "model.vision_tower", "model.embed_vision",
+                           per_layer=MappingProxyType({"sliding_attention": 7, "full_attention": 7,
+                                                       "kv_shared": 5})),
+        # The tiny Gemma 4 shares Gemma 3's tiny vocabulary size; its recipe to start from.
+        demo=DemoRecipe(("--epochs", "4", "--lr-scheduler", "constant", *_COMMON_DEMO_FLAGS),
+                        eval_max_new_tokens=420),
+        base_models=("google/gemma-4-E2B-it", "google/gemma-4-E4B-it", "google/gemma-4-E2B",
+                     "google/gemma-4-E4B"),
+        skeletons=MappingProxyType({"gemma-4-e2b-it": "gemma-4-e2b-it.json",
+                                    "gemma-4-e4b-it": "gemma-4-e4b-it.json"}),
+        # Sliding-window layers (512 tokens released) as in Gemma 3: the engine reuses the prompt.
+        full_swa_cache=True,
+        notes="E2B / E4B; tested here with a tiny random model, real weights untested",
     ),
     FamilySpec(
         name="qwen3.5",

@@ -180,7 +180,13 @@ def target_size(width: int, height: int, budget: ImageBudget) -> tuple[int, int]
     if rule.resize == "square":
         return budget.fixed_side, budget.fixed_side
     if rule.resize == "fit":
+        # The processor's rule is not idempotent (the floored size often floors to a larger one
+        # when resized again), and the trainer's processor resizes the prepared photo once more
+        # while mtmd keeps it: prepare at the rule's fixed point so both see the same pixels.
+        # The area only grows, within the budget, so this ends (at most ~10 extra steps).
         h, w = fit_resize(height, width, budget.factor, budget.max_pixels)
+        while (again := fit_resize(h, w, budget.factor, budget.max_pixels)) != (h, w):
+            h, w = again
     else:
         h, w = smart_resize(height, width, budget.factor, budget.min_pixels, budget.max_pixels,
                             rule.max_aspect)

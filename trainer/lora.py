@@ -32,17 +32,25 @@ def num_text_layers(model: Any) -> int:
     return int(text.num_hidden_layers)
 
 
-def expected_targets(model: Any, family: FamilySpecSpec) -> int:
+def expected_targets(model: Any, family: FamilySpec) -> int:
     """How many LoRA targets the language model has: the layout's count per layer type."""
     text = getattr(model.config, "text_config", None) or model.config
     per_layer = family.layout.per_layer
     types = list(getattr(text, "layer_types", None) or [])[:num_text_layers(model)]
     if not types or not set(types) <= set(per_layer):
-        return num_text_layers(model) * per_layer[""]
-    return sum(per_layer[t] for t in types)
+        counts = [per_layer[""]] * num_text_layers(model)
+    else:
+        counts = [per_layer[t] for t in types]
+    # The last num_kv_shared_layers layers reuse earlier layers' keys and values and have no
+    # k/v projections: the layout's "kv_shared" count applies there, whatever their type.
+    shared = int(getattr(text, "num_kv_shared_layers", 0) or 0)
+    if shared and "kv_shared" in per_layer:
+        first = max(0, len(counts) - shared)
+        counts[first:] = [per_layer["kv_shared"]] * (len(counts) - first)
+    return sum(counts)
 
 
-def select_targets(model: Any, family: FamilySpecSpec) -> list[str]:
+def select_targets(model: Any, family: FamilySpec) -> list[str]:
     """Full paths of the LoRA targets; raises unless each language-model layer has its count."""
     layout = family.layout
     names = dict(model.named_modules())

@@ -15,6 +15,7 @@ and the constants MODEL_TYPE, ARCHITECTURE, BASE_MODEL_IDS."""
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -34,6 +35,24 @@ def family_module(family: FamilySpec | str) -> ModuleType:
     except families.UnknownFamilyError as exc:
         raise UnsupportedModelError(str(exc)) from None
     return importlib.import_module(spec.converter_module)
+
+
+def module_files(family: FamilySpec | str) -> list[Path]:
+    """The source files of a family's converter module and of the sibling family modules it
+    borrows from (a Qwen3-VL tokenizer is built by the Qwen2.5-VL module): cache keys hash them
+    all, so a change to the borrowed code rebuilds this family's models too."""
+    here = Path(__file__).resolve().parent
+    name = families.get(family).converter_module.rsplit(".", 1)[1]
+    seen, todo = [], [name]
+    while todo:
+        current = todo.pop()
+        if current in seen or not (here / f"{current}.py").is_file():
+            continue
+        seen.append(current)
+        text = (here / f"{current}.py").read_text(encoding="utf-8")
+        for dotted, listed in re.findall(r"convert\.families(?:\.(\w+)| import ([\w, ]+))", text):
+            todo += [dotted] if dotted else [n.strip() for n in listed.split(",")]
+    return [here / f"{n}.py" for n in sorted(seen)]
 
 
 def read_config(ckpt_dir: Path) -> dict:
