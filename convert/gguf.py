@@ -39,12 +39,13 @@ def mmproj_file_name(mmproj_type: str) -> str:
 
 
 def run_converter(
-    source: LlamaCppSource, ckpt_dir: Path, outfile: Path, outtype: str, mmproj: bool
+    source: LlamaCppSource, ckpt_dir: Path, outfile: Path, outtype: str, mmproj: bool,
+    extra_args: tuple[str, ...] = (),
 ) -> None:
     """One converter run; raises ConvertError with the converter's last lines on failure and
     stops the subprocess if we are interrupted."""
     cmd = [sys.executable, str(source.converter), str(ckpt_dir), "--outtype", outtype,
-           "--outfile", str(outfile)]
+           "--outfile", str(outfile), *extra_args]
     if mmproj:
         cmd.append("--mmproj")
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as log:
@@ -94,7 +95,9 @@ def convert_checkpoint(
         # The staged folder keeps the checkpoint's name: the converter derives general.name from it.
         staged = staging / ckpt_dir.resolve().name
         family.prepare_for_converter(ckpt_dir, staged)
-        run_converter(source, staged, temps[0], outtype, mmproj=False)
+        # A family module may ask for converter flags on the text run (TEXT_CONVERTER_ARGS).
+        run_converter(source, staged, temps[0], outtype, mmproj=False,
+                      extra_args=tuple(getattr(family, "TEXT_CONVERTER_ARGS", ())))
         run_converter(source, staged, temps[1], mmproj_type, mmproj=True)
         os.replace(temps[0], final.model)
         os.replace(temps[1], final.mmproj)

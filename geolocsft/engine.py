@@ -284,6 +284,7 @@ class Engine:
                 image_max_tokens=self.image_max_tokens,
                 # Sliding-window layers would otherwise drop the instruction prompt.
                 swa_full=family.full_swa_cache, n_seq=self.parallel,
+                recurrent=family.recurrent,
             )
         except NativeError as exc:
             raise EngineError(f"{spec.gguf} + {spec.mmproj}: cannot load: {exc}") from None
@@ -378,7 +379,8 @@ class Engine:
                 raise EngineError(f"{self.spec.gguf}: the engine is closed")
             try:
                 stats = self._model.evaluate_prompt(
-                    self._prompt_text, rgb, reuse_prefix=self.reuse_prompt_cache, cancel=cancel)
+                    self._prompt_text, rgb, reuse_prefix=self.reuse_prompt_cache, cancel=cancel,
+                    keep_prompt_state=samples > 1)
                 if stats is None:
                     result.cancelled = True
                     return result

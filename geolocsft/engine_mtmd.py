@@ -3,7 +3,9 @@ directly through llama-cpp-python's bindings instead of its chat handlers, becau
 needs what the stock handlers do not give:
 
 - the instruction prompt's KV state is kept between photos (the handlers clear the cache on
-  every call), so a photo costs only its image and the short text after it;
+  every call), so a photo costs only its image and the short text after it; for a model with
+  recurrent layers, whose state cannot be cut back to a position, a saved copy of the
+  prefix's state is restored instead (geolocsft/engine_state.py);
 - mtmd's image token limits are set from the model's image budget (the handlers leave them at
   the projector's maxima and reserve a large compute buffer);
 - the prepared image goes to mtmd as raw RGB pixels: no PNG round trip, and no URL that could
@@ -23,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from geolocsft import families
+from geolocsft import engine_state, families
 
 NATIVE_LOG = logging.getLogger("geolocsft.engine.native")
 # Silent unless the application configures logging (no "last resort" printing to stderr).
@@ -124,14 +126,14 @@ def render_prompt(chat_template: str, messages: list[dict], family: str, marker:
                               extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    spec = families.get(family)
     text = render_guarded(
         env, chat_template, messages=messages, add_generation_prompt=True, bos_token=bos_token,
-        eos_token=eos_token,
+        eos_token=eos_token, **dict(spec.chat_template_kwargs),
     )
     # The text the HF chat template puts where the image goes (the processor expands it at
     # training time); mtmd's marker takes its place, and mtmd adds the begin/end-of-image
     # tokens itself, so the token sequence matches what the fine-tune saw.
-    spec = families.get(family)
     placeholder, replacement = spec.image_placeholder, spec.placeholder_wrap
     count = text.count(placeholder)
     if count != 1:
@@ -178,6 +180,9 @@ class _Sequence:
     prompt_end: int = 0  # position of the last prompt token
     last_prompt_token: int = -1  # decoded with the first generation step, so its logits are fresh
     prompt_cells: int = 0  # KV cells of the prompt without that last token
+    # Recurrent memory: the prompt's saved state, restored before another guess (None: not kept).
+    prompt_state: object = None
+    generated: bool = False  # a guess has run since the prompt was evaluated
 
 
 @dataclass
@@ -205,13 +210,16 @@ class MtmdModel:
 
     def __init__(self, gguf: str, mmproj: str, *, family: str, n_ctx: int, n_threads,
                  n_batch: int, n_gpu_layers: int, seed: int, image_min_tokens: int,
-                 image_max_tokens: int, swa_full: bool, n_seq: int = 1):
+                 image_max_tokens: int, swa_full: bool, n_seq: int = 1, recurrent: bool = False):
         import llama_cpp
         import llama_cpp.mtmd_cpp as mtmd_cpp
 
         route_native_logs()
         self._llama_cpp, self._mtmd = llama_cpp, mtmd_cpp
         self.family = family
+        # Part of the model is recurrent (families.FamilySpec.recurrent): sequences are never
+        # trimmed back, saved states are restored instead, and nothing is drafted.
+        self.recurrent = bool(recurrent)
         self.mtmd_ctx = None
         self.llama = None
         self.n_seq = max(1, int(n_seq))
@@ -255,6 +263,7 @@ class MtmdModel:
         self.marker = mtmd_cpp.mtmd_default_marker().decode("utf-8")
         self.bos_text, self.eos_text = self.bos_eos()
         self._prefix: list[int] | None = None  # instruction tokens whose KV state seq 0 keeps
+        self._prefix_state = None  # recurrent models: the saved state of that prefix
         self._seqs: dict[int, _Sequence] = {}
         self._probe = None  # single-character tokens for grammar drafts (built on first use)
 
@@ -339,10 +348,13 @@ class MtmdModel:
     # -- prompt ------------------------------------------------------------------------------
 
     def evaluate_prompt(self, prompt_text: str, rgb_image, *, reuse_prefix: bool,
-                        cancel=None, seq_id: int = 0) -> PromptStats | None:
+                        cancel=None, seq_id: int = 0,
+                        keep_prompt_state: bool = False) -> PromptStats | None:
         """Tokenize the prompt with the image and fill sequence `seq_id` of the KV cache up to
         (not including) the last prompt token. Returns None if cancelled on the way. Sequence 0
-        keeps the instruction prefix between photos; other sequences copy its cells."""
+        keeps the instruction prefix between photos; other sequences copy its cells.
+        keep_prompt_state: a recurrent model saves the prompt's state so that `generate` can
+        run more than once (another guess starts from it)."""
         mtmd, llama_cpp = self._mtmd, self._llama_cpp
         stats = PromptStats()
         width, height = rgb_image.size
@@ -425,8 +437,12 @@ class MtmdModel:
                 stats.prompt_s += t2 - t1
                 stats.image_tokens += n_image
                 stats.prompt_tokens += n_image
+            state = None
+            if self.recurrent and keep_prompt_state:
+                state = engine_state.save(llama_cpp, self.llama.ctx, seq_id, pos)
             self._seqs[seq_id] = _Sequence(seq_id, prompt_end=pos, last_prompt_token=parts[-1][1][-1],
-                                           prompt_cells=stats.prompt_tokens - 1)
+                                           prompt_cells=stats.prompt_tokens - 1,
+                                           prompt_state=state)
             return stats
         finally:
             if chunks is not None:
@@ -436,6 +452,8 @@ class MtmdModel:
     def _place_prefix(self, prefix: list[int], seq_id: int, reuse: bool) -> bool:
         """Bring sequence `seq_id` to the end of the instruction prefix; True if it came from
         the cache. The prefix lives in sequence 0; others copy its cells."""
+        if self.recurrent:
+            return self._place_saved_prefix(prefix, seq_id, reuse)
         llama_cpp, memory = self._llama_cpp, self._memory()
         cached = reuse and self._prefix is not None and self._prefix == list(prefix)
         if cached:
@@ -455,6 +473,27 @@ class MtmdModel:
         if seq_id != 0:
             self._seq_rm(seq_id, -1, -1)
             llama_cpp.llama_memory_seq_cp(memory, 0, seq_id, 0, len(prefix))
+        return cached
+
+    def _place_saved_prefix(self, prefix: list[int], seq_id: int, reuse: bool) -> bool:
+        """_place_prefix for recurrent memory: the prefix is evaluated once into sequence 0 and
+        its state saved; every later photo (and every parallel sequence) restores that copy."""
+        llama_cpp = self._llama_cpp
+        ctx = self.llama.ctx
+        cached = reuse and self._prefix_state is not None and self._prefix == list(prefix)
+        if not cached:
+            if seq_id != 0 and 0 in self._seqs:
+                raise NativeError("the instruction prefix is not cached for a parallel sequence")
+            llama_cpp.llama_memory_clear(self._memory(), True)
+            self._seqs.clear()
+            self._decode_text(list(prefix), 0, 0)
+            keep = reuse or seq_id != 0
+            self._prefix = list(prefix) if keep else None
+            self._prefix_state = (engine_state.save(llama_cpp, ctx, 0, len(prefix))
+                                  if keep else None)
+            if seq_id == 0:
+                return False
+        engine_state.restore(llama_cpp, ctx, self._prefix_state, seq_id)
         return cached
 
     def release(self, seq_id: int):
@@ -494,7 +533,15 @@ class MtmdModel:
         try:
             for i, seq_id in enumerate(seq_ids):
                 seq = self._seqs[seq_id]
-                self._seq_rm(seq_id, seq.prompt_end, -1)  # a previous guess, if any
+                if not self.recurrent:
+                    self._seq_rm(seq_id, seq.prompt_end, -1)  # a previous guess, if any
+                elif seq.generated:  # a recurrent state cannot be cut back: restore the prompt's
+                    if seq.prompt_state is None:
+                        raise NativeError("another guess needs the prompt's saved state "
+                                          "(evaluate_prompt(keep_prompt_state=True))")
+                    engine_state.restore(self._llama_cpp, self.llama.ctx, seq.prompt_state,
+                                         seq_id)
+                seq.generated = True
                 try:
                     sampler = Sampler(self.vocab, self.n_vocab, temperature=temperature,
                                       seed=seeds[i], grammar=grammar, top_k=SAMPLING_TOP_K,
@@ -507,7 +554,10 @@ class MtmdModel:
                     replay=replays[i] if replays else None,
                     decoder=codecs.getincrementaldecoder("utf-8")(errors="replace")))
             t0 = time.perf_counter()
-            self._run(streams, max_tokens, jump_forward and grammar is not None, on_piece, cancel)
+            # Drafts are checked by dropping what the model rejects: not possible in a recurrent
+            # state, so those models decode one token at a time.
+            drafting = jump_forward and grammar is not None and not self.recurrent
+            self._run(streams, max_tokens, drafting, on_piece, cancel)
             elapsed = time.perf_counter() - t0
             out = []
             for st in streams:

@@ -96,8 +96,14 @@ class FamilySpec:
     # Sliding-window attention layers keep the full cache (else the prompt prefix is dropped).
     full_swa_cache: bool = False
     # Part of the language model is recurrent: its state cannot be cut back to a position, so
-    # the engine re-reads the prompt per photo and does not draft grammar-forced tokens.
+    # the engine restores saved copies of the prefix's and the prompt's state instead of
+    # trimming (geolocsft/engine_state.py) and does not draft grammar-forced tokens.
     recurrent: bool = False
+    # Variables the chat template is rendered with wherever a prompt is built (training, the
+    # HF evaluation, the engine), so that all three see the same text; e.g. a template whose
+    # generation prompt opens a thinking block unless told not to.
+    chat_template_kwargs: Mapping[str, object] = field(
+        default_factory=lambda: MappingProxyType({}))
     notes: str = ""  # status and caveats, shown in docs/families.md
 
 
@@ -220,6 +226,45 @@ FAMILIES: tuple[FamilySpec, ...] = (
         # Sliding-window layers (512 tokens released) as in Gemma 3: the engine reuses the prompt.
         full_swa_cache=True,
         notes="E2B / E4B; tested here with a tiny random model, real weights untested",
+    ),
+    FamilySpec(
+        name="qwen3.5",
+        title="Qwen3.5",
+        model_types=("qwen3_5",),
+        hf_architectures=("Qwen3_5ForConditionalGeneration",),
+        gguf_architectures=("qwen35",),
+        projector_types=("qwen3vl_merger",),
+        converter_module="convert.families.qwen35",
+        # 16 px patches merged 2x2. The seed's budget of 1,280 vision tokens (as Qwen2.5-VL's),
+        # within mtmd's 4,096 cap; the released processors' floor of 64 tokens (65,536 px).
+        image=ImageRule("smart", factor=32, min_pixels=65536, max_pixels=1280 * 32 * 32,
+                        max_aspect=200),
+        image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        placeholder_wrap="{marker}",
+        end_of_turn="<|im_end|>",
+        # LoRA on the language model only; the linear-attention (Gated DeltaNet) layers have
+        # their own projections: fused q/k/v in, output gate z and out (the per-head a/b gates
+        # are 16-48 wide and stay frozen). Full-attention layers are as in Qwen2.5.
+        layout=ModelLayout(
+            "model.language_model", "model.visual", "model.visual.merger",
+            targets=r"(self_attn\.[qkvo]_proj|linear_attn\.(in_proj_qkv|in_proj_z|out_proj)"
+                    r"|mlp\.(gate|up|down)_proj)",
+            per_layer=MappingProxyType({"full_attention": 7, "linear_attention": 6})),
+        # The tiny Qwen2.5-VL's recipe (same caption lengths). Not in CI until a full run here has
+        # measured it (docs/demo.md, "Qwen3.5"): loss 17.3 -> 0.26 in 48 of 288 steps before the
+        # loaded machine stopped the run.
+        demo=DemoRecipe(("--epochs", "12", "--lr-scheduler", "cosine", *_COMMON_DEMO_FLAGS),
+                        eval_max_new_tokens=256, in_ci=False),
+        base_models=("Qwen/Qwen3.5-0.8B", "Qwen/Qwen3.5-2B", "Qwen/Qwen3.5-4B", "Qwen/Qwen3.5-9B",
+                     "Qwen/Qwen3.5-27B", "Qwen/Qwen3.5-0.8B-Base", "Qwen/Qwen3.5-2B-Base",
+                     "Qwen/Qwen3.5-4B-Base", "Qwen/Qwen3.5-9B-Base"),
+        skeletons=MappingProxyType({"qwen3.5-0.8b": "qwen3.5-0.8b.json"}),
+        recurrent=True,
+        # 4B and larger ship a template whose generation prompt opens a thinking block ("<think>\n")
+        # by default; 0.8B/2B's closes it empty. Geolocation captions are trained and read
+        # after an empty think block for every size.
+        chat_template_kwargs=MappingProxyType({"enable_thinking": False}),
+        notes="hybrid Gated DeltaNet + attention language model (recurrent state)",
     ),
 )
 

@@ -235,7 +235,8 @@ class SFTCollator:
 
     def render(self, messages: list, generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
+            messages, tokenize=False, add_generation_prompt=generation_prompt,
+            **dict(self.family.chat_template_kwargs),
         )
 
     def encode(self, texts: list[str], images: list) -> Any:

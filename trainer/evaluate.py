@@ -11,18 +11,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from geolocsft import geo, protocol
+from geolocsft import families, geo, protocol
 from geolocsft.images import ImageError, prepare_image
 from trainer.jsonl import write_bytes_atomic, write_json_atomic
 
 
 def generate_text(model: Any, processor: Any, prompt_messages: list, image: Any,
-                  max_new_tokens: int) -> str:
-    """One greedy answer for one photo (batch of one: no left-padding subtleties)."""
+                  max_new_tokens: int, template_kwargs: dict | None = None) -> str:
+    """One greedy answer for one photo (batch of one: no left-padding subtleties).
+    template_kwargs: the family's chat-template variables (as training rendered them)."""
     import torch
 
     text = processor.apply_chat_template(prompt_messages, tokenize=False,
-                                         add_generation_prompt=True)
+                                         add_generation_prompt=True, **(template_kwargs or {}))
     inputs = processor(text=[text], images=[[image]], return_tensors="pt",
                        add_special_tokens=False)
     device = next(model.parameters()).device
@@ -48,6 +49,7 @@ def evaluate(model: Any, processor: Any, records: list, budget: Any, out_dir: Pa
     scores.json into `out_dir` and returns the scores (Scores.to_dict())."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    template_kwargs = dict(families.get(budget.family).chat_template_kwargs)
     was_training = model.training
     model.eval()
     predictions, rows = [], []
@@ -62,7 +64,7 @@ def evaluate(model: Any, processor: Any, records: list, budget: Any, out_dir: Pa
                 rows.append((None, None, record.latitude, record.longitude))
                 continue
             text = generate_text(model, processor, record.prompt_messages, image,
-                                 max_new_tokens)
+                                 max_new_tokens, template_kwargs)
             parsed = protocol.parse_output(text)
             row.update(status=parsed.status.value, reason=parsed.reason,
                        pred_latitude=parsed.latitude, pred_longitude=parsed.longitude,
