@@ -216,7 +216,7 @@ FAMILIES: tuple[FamilySpec, ...] = (
                                                        "kv_shared": 5})),
         # Gemma 3's recipe (4 epochs, constant rate) left the tiny Gemma 4 under-fitted (loss
         # 0.061, 62.5 % at 25 km: slips late in the caption); twice the epochs, decaying to 0 as
-        # for the Qwen families (docs/demo.md, "The newer families").
+        # for the Qwen families: 95.8 % (docs/demo.md, "The newer families").
         demo=DemoRecipe(("--epochs", "8", "--lr-scheduler", "cosine", *_COMMON_DEMO_FLAGS),
                         eval_max_new_tokens=420),
         base_models=("google/gemma-4-E2B-it", "google/gemma-4-E4B-it", "google/gemma-4-E2B",
