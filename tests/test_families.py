@@ -74,12 +74,15 @@ def test_lookups_fail_with_the_known_names():
     assert families.DEFAULT in NAMES
 
 
-def _family_strings() -> set[str]:
+def _family_words() -> re.Pattern:
+    """Any family's name, model_type, HF or GGUF architecture or projector type as a word of its
+    own (not inside a longer name such as a model's "qwen2.5-vl-3b-instruct")."""
     strings = set()
     for spec in families.FAMILIES:
         strings |= {spec.name, *spec.model_types, *spec.hf_architectures,
                     *spec.gguf_architectures, *spec.projector_types}
-    return strings
+    words = sorted(strings, key=len, reverse=True)
+    return re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, words)) + r")(?![\w-]|\.\w)")
 
 
 # Packages whose modules must not name a family: they read the registry instead.
@@ -92,8 +95,7 @@ def test_no_module_outside_the_registry_names_a_family():
     """A family's name, model_type, HF or GGUF architecture or projector type as a word of its
     own (not inside a longer name such as a model's "qwen2.5-vl-3b-instruct") appears only in
     the registry and the converter's family modules."""
-    words = sorted(_family_strings(), key=len, reverse=True)
-    pattern = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, words)) + r")(?![\w-]|\.\w)")
+    pattern = _family_words()
     found = []
     for package in CHECKED:
         for path in sorted((ROOT / package).rglob("*.py")):
@@ -108,8 +110,7 @@ def test_no_module_outside_the_registry_names_a_family():
 
 
 def test_the_check_catches_a_hard_coded_family(tmp_path):
-    words = sorted(_family_strings(), key=len, reverse=True)
-    pattern = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, words)) + r")(?![\w-]|\.\w)")
+    pattern = _family_words()
     name = families.DEFAULT
     assert pattern.search(f'if family == "{name}":')
     assert pattern.search(f"swa_full = arch == '{families.get(name).gguf_architectures[0]}'")

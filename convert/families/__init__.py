@@ -55,6 +55,22 @@ def module_files(family: FamilySpec | str) -> list[Path]:
     return [here / f"{n}.py" for n in sorted(seen)]
 
 
+def image_processor_config(ckpt_dir: Path, error: type[Exception] = ValueError
+                           ) -> tuple[Path, dict]:
+    """(file, settings) of a checkpoint's image processor. transformers 5 nests it in
+    processor_config.json (what a trained or merged checkpoint carries, so it wins); released
+    checkpoints may keep a flat preprocessor_config.json."""
+    for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
+        path = Path(ckpt_dir) / name
+        if not path.is_file():
+            continue
+        cfg = read_json(path, error, unreadable="cannot read the image processor config")
+        cfg = (cfg.get(key) or {}) if key else cfg
+        if cfg:
+            return path, cfg
+    raise error(f"{ckpt_dir}: no processor_config.json or preprocessor_config.json")
+
+
 def read_config(ckpt_dir: Path) -> dict:
     return read_json(Path(ckpt_dir) / "config.json", UnsupportedModelError,
                      missing="missing (not a Hugging Face checkpoint)")

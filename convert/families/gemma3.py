@@ -162,8 +162,10 @@ def _corpus_lines(seed: int = 0, n: int = 4000) -> list[str]:
     return lines
 
 
-def train_sentencepiece() -> bytes:
-    """The tiny tokenizer.model: SentencePiece BPE with Gemma's normalisation settings."""
+def train_sentencepiece(vocab_size: int = TINY_SP_VOCAB,
+                        user_symbols: tuple[str, ...] = _SP_USER_SYMBOLS) -> bytes:
+    """The tiny tokenizer.model: SentencePiece BPE with Gemma's normalisation settings, the
+    reserved pieces first and `user_symbols` (the family's markers) as single pieces."""
     import io
 
     import sentencepiece as spm
@@ -173,11 +175,11 @@ def train_sentencepiece() -> bytes:
         sentence_iterator=iter(_corpus_lines()),
         model_writer=model,
         model_type="bpe",
-        vocab_size=TINY_SP_VOCAB,
+        vocab_size=vocab_size,
         pad_id=0, eos_id=1, bos_id=2, unk_id=3,
         pad_piece=_SP_RESERVED[0], eos_piece=_SP_RESERVED[1], bos_piece=_SP_RESERVED[2],
         unk_piece=_SP_RESERVED[3],
-        user_defined_symbols=list(_SP_USER_SYMBOLS),
+        user_defined_symbols=list(user_symbols),
         byte_fallback=True,
         split_digits=True,
         add_dummy_prefix=False,
@@ -323,20 +325,27 @@ RELEASED_MARKER_IDS = {"<start_of_turn>": 105, "<end_of_turn>": 106, BOI_TOKEN: 
 
 def released_size_sentencepiece() -> bytes:
     """A tokenizer.model of the released size: the tiny model's trained pieces, the markers at
-    their released ids, and unused filler pieces elsewhere. Timing depends on the vocabulary
-    only through the embedding and output rows, so the filler's text does not matter."""
+    their released ids, and unused filler pieces elsewhere."""
+    return spread_pieces(train_sentencepiece(), RELEASED_SP_VOCAB, RELEASED_MARKER_IDS)
+
+
+def spread_pieces(sp_model: bytes, size: int, pinned_ids: dict[str, int]) -> bytes:
+    """SentencePiece bytes grown to `size` pieces: the pieces named in `pinned_ids` at those
+    ids, the others in their order in the free slots, unused filler pieces elsewhere. Timing
+    depends on the vocabulary only through the embedding and output rows, so the filler's text
+    does not matter."""
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
     proto = sp_pb2.ModelProto()
-    proto.ParseFromString(train_sentencepiece())
+    proto.ParseFromString(sp_model)
     pieces = list(proto.pieces)
-    markers = {p.piece: p for p in pieces if p.piece in RELEASED_MARKER_IDS}
-    rest = [p for p in pieces if p.piece not in RELEASED_MARKER_IDS]
-    slots: list = [None] * RELEASED_SP_VOCAB
-    for text, index in RELEASED_MARKER_IDS.items():
-        slots[index] = markers[text]
+    pinned = {p.piece: p for p in pieces if p.piece in pinned_ids}
+    rest = [p for p in pieces if p.piece not in pinned_ids]
+    slots: list = [None] * size
+    for text, index in pinned_ids.items():
+        slots[index] = pinned[text]
     free = iter(i for i, piece in enumerate(slots) if piece is None)
-    for piece in rest:  # reserved ids 0-3 and the trained pieces keep their order
+    for piece in rest:  # reserved ids 0-3, other markers and the trained pieces keep their order
         slots[next(free)] = piece
     del proto.pieces[:]
     for index, piece in enumerate(slots):

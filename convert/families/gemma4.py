@@ -141,36 +141,11 @@ class Gemma4PrepareError(ValueError):
 
 
 def train_sentencepiece() -> bytes:
-    """The tiny vocabulary, trained as SentencePiece BPE with Gemma's normalisation settings
-    (byte fallback, split digits, no dummy prefix) on the Gemma 3 factory's geography corpus;
-    transformers turns it into Gemma 4's tokenizer.json form."""
-    import io
+    """The tiny vocabulary: Gemma 3's factory trains it (same corpus and normalisation settings)
+    with Gemma 4's markers; transformers turns it into Gemma 4's tokenizer.json form."""
+    from convert.families.gemma3 import train_sentencepiece as train
 
-    import sentencepiece as spm
-
-    from convert.families.gemma3 import _corpus_lines
-
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus_lines()),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=TINY_VOCAB_SIZE,
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        pad_piece=_SP_RESERVED[0], eos_piece=_SP_RESERVED[1], bos_piece=_SP_RESERVED[2],
-        unk_piece=_SP_RESERVED[3],
-        user_defined_symbols=list(_SP_USER_SYMBOLS),
-        byte_fallback=True,
-        split_digits=True,
-        add_dummy_prefix=False,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        allow_whitespace_only_pieces=True,
-        character_coverage=1.0,
-        num_threads=1,  # one thread: the same pieces on every run
-        minloglevel=2,
-    )
-    return model.getvalue()
+    return train(TINY_VOCAB_SIZE, _SP_USER_SYMBOLS)
 
 
 def build_tokenizer(sp_model: bytes, expected_ids: dict[str, int]):
@@ -299,30 +274,11 @@ def make_tiny(out_dir: Path) -> Path:
 
 
 def released_size_sentencepiece() -> bytes:
-    """SentencePiece bytes of the released vocabulary size: the tiny model's trained pieces,
-    the markers at their released ids and unused filler pieces elsewhere. Timing depends on
-    the vocabulary only through the embedding and output rows."""
-    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+    """SentencePiece bytes of the released vocabulary size (the tiny pieces with the markers at
+    their released ids; gemma3.spread_pieces)."""
+    from convert.families.gemma3 import spread_pieces
 
-    proto = sp_pb2.ModelProto()
-    proto.ParseFromString(train_sentencepiece())
-    pieces = list(proto.pieces)
-    pinned = {p.piece: p for p in pieces if p.piece in RELEASED_TOKEN_IDS}
-    rest = [p for p in pieces if p.piece not in RELEASED_TOKEN_IDS]
-    slots: list = [None] * RELEASED_VOCAB
-    for text, index in RELEASED_TOKEN_IDS.items():
-        slots[index] = pinned[text]
-    free = iter(i for i, piece in enumerate(slots) if piece is None)
-    for piece in rest:  # the other markers and the trained pieces keep their order
-        slots[next(free)] = piece
-    del proto.pieces[:]
-    for index, piece in enumerate(slots):
-        new = proto.pieces.add()
-        if piece is None:
-            new.piece, new.score, new.type = f"<unused{index}>", 0.0, sp_pb2.ModelProto.SentencePiece.UNUSED
-        else:
-            new.CopyFrom(piece)
-    return proto.SerializeToString()
+    return spread_pieces(train_sentencepiece(), RELEASED_VOCAB, RELEASED_TOKEN_IDS)
 
 
 def save_skeleton_processor(out_dir: Path, config) -> None:
@@ -377,27 +333,14 @@ def prepare_for_converter(src_dir: Path, staging_dir: Path) -> Path:
 # Image budget
 
 
-def image_processor_config(ckpt_dir: Path) -> tuple[Path, dict]:
-    """transformers 5 nests the image processor in processor_config.json (what a trained or
-    merged checkpoint carries, so it wins); released checkpoints may keep a flat
-    preprocessor_config.json."""
-    for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
-        path = Path(ckpt_dir) / name
-        if not path.is_file():
-            continue
-        cfg = read_json(path, Gemma4PrepareError)
-        cfg = cfg.get(key) or {} if key else cfg
-        if cfg:
-            return path, cfg
-    raise Gemma4PrepareError(f"{ckpt_dir}: no processor_config.json or preprocessor_config.json")
-
-
 def image_budget(ckpt_dir: Path):
     """The budget the checkpoint's processor applies: aspect-kept sides on a grid of patch x
     pooling pixels, at most max_soft_tokens cells."""
     from geolocsft.images import ImageBudget
 
-    path, cfg = image_processor_config(ckpt_dir)
+    from convert.families import image_processor_config
+
+    path, cfg = image_processor_config(ckpt_dir, Gemma4PrepareError)
     tokens = int(cfg.get("max_soft_tokens") or 280)
     if tokens not in ALLOWED_SOFT_TOKENS:
         raise Gemma4PrepareError(f"{path}: max_soft_tokens {tokens} is not one of {ALLOWED_SOFT_TOKENS}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from geolocsft.fsutil import read_json
 
 FAMILY = "qwen2.5-vl"  # the registry name (geolocsft.families)
 MODEL_TYPE = "qwen2_5_vl"
@@ -111,32 +110,53 @@ def _chat_template() -> str:
     return path.read_text(encoding="utf-8")
 
 
-def build_tokenizer():
-    """The real Qwen2 byte-level BPE tokenizer, rebuilt from llama.cpp's vocab-only GGUF, plus
-    Qwen2.5-VL's added tokens at their real ids."""
-    from tokenizers import AddedToken
-    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
-
+def qwen2_bpe() -> tuple[list[str], list[tuple[str, str]]]:
+    """(tokens, merges) of the real Qwen2 byte-level BPE, from llama.cpp's vocab-only GGUF:
+    the 151,643 normal tokens in id order (the Qwen families' added tokens follow them)."""
     from geolocsft.gguf_header import read_gguf
     from convert.llamacpp import import_bundled_gguf, llama_cpp_source
 
     source = llama_cpp_source()
     gguf = import_bundled_gguf(source)
+    path = source.vocab_dir / "ggml-vocab-qwen2.gguf"
     # The fast header reader with every array kept (gguf-py's GGUFReader takes 10+ s here).
-    fields = read_gguf(source.vocab_dir / "ggml-vocab-qwen2.gguf", max_array=1 << 30).metadata
+    fields = read_gguf(path, max_array=1 << 30).metadata
     tokens = fields["tokenizer.ggml.tokens"]
     types = fields["tokenizer.ggml.token_type"]
-    merges = fields["tokenizer.ggml.merges"]
     normal = [t for t, kind in zip(tokens, types) if kind == gguf.TokenType.NORMAL]
     first_added = SPECIAL_TOKENS[0][0]
     if len(normal) != first_added or tokens[first_added] != SPECIAL_TOKENS[0][1]:
         raise RuntimeError(
-            f"{source.vocab_dir / 'ggml-vocab-qwen2.gguf'}: unexpected layout "
-            f"({len(normal)} normal tokens, expected {first_added})"
-        )
+            f"{path}: unexpected layout ({len(normal)} normal tokens, expected {first_added})")
+    return normal, [tuple(m.split(" ")) for m in fields["tokenizer.ggml.merges"]]
+
+
+def add_tokens_at_ids(tokenizer, special_tokens) -> None:
+    """Add (id, text, special) tokens one by one in id order so each lands on its real id; the
+    instruct checkpoints' end of sequence is <|im_end|>."""
+    from tokenizers import AddedToken
+
+    for token_id, text, special in special_tokens:
+        if text not in tokenizer.get_vocab():
+            tokenizer.add_tokens([AddedToken(text, special=special, normalized=False)],
+                                 special_tokens=special)
+        got = tokenizer.convert_tokens_to_ids(text)
+        if got != token_id:
+            raise RuntimeError(f"tokenizer: {text} got id {got}, expected {token_id}")
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.extra_special_tokens = [t for _, t, special in special_tokens
+                                      if special and t != "<|endoftext|>"]
+
+
+def build_tokenizer():
+    """The real Qwen2 byte-level BPE tokenizer, rebuilt from llama.cpp's vocab-only GGUF, plus
+    Qwen2.5-VL's added tokens at their real ids."""
+    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+
+    normal, merges = qwen2_bpe()
     tokenizer = Qwen2Tokenizer(
         vocab={token: i for i, token in enumerate(normal)},
-        merges=[tuple(m.split(" ")) for m in merges],
+        merges=merges,
         unk_token=None,
         bos_token=None,
         eos_token="<|endoftext|>",  # the constructor adds it first: id 151643
@@ -144,16 +164,7 @@ def build_tokenizer():
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
-    # Added one by one in id order so each lands on its real id.
-    for token_id, text, special in SPECIAL_TOKENS:
-        if text not in tokenizer.get_vocab():
-            tokenizer.add_tokens([AddedToken(text, special=special, normalized=False)],
-                                 special_tokens=special)
-        got = tokenizer.convert_tokens_to_ids(text)
-        if got != token_id:
-            raise RuntimeError(f"tokenizer: {text} got id {got}, expected {token_id}")
-    tokenizer.eos_token = "<|im_end|>"  # as in the instruct checkpoints
-    tokenizer.extra_special_tokens = [t for _, t, special in SPECIAL_TOKENS if special and t != "<|endoftext|>"]
+    add_tokens_at_ids(tokenizer, SPECIAL_TOKENS)
     return tokenizer
 
 
@@ -250,41 +261,30 @@ def prepare_for_converter(src_dir: Path, staging_dir: Path) -> Path:
     return staging_dir
 
 
-def _image_processor_config(ckpt_dir: Path) -> tuple[Path, dict]:
-    """transformers 5 saves the image processor nested in processor_config.json (that is what a
-    merged or trained checkpoint carries, so it wins); released checkpoints keep a flat
-    preprocessor_config.json."""
-    for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
-        path = Path(ckpt_dir) / name
-        if not path.is_file():
-            continue
-        cfg = read_json(path, unreadable="cannot read the image processor config")
-        cfg = cfg.get(key, {}) if key else cfg
-        if cfg:
-            return path, cfg
-    raise ValueError(f"{ckpt_dir}: no preprocessor_config.json or processor_config.json")
-
-
-def image_budget(ckpt_dir: Path):
-    """The image budget a checkpoint's processor applies, as the core's ImageBudget."""
+def smart_image_budget(ckpt_dir: Path, family: str, patch: int, merge: int):
+    """The image budget a Qwen-VL checkpoint's processor applies (its min/max pixels, patch x
+    merge), capped at the family's seed-like budget: released processors allow 12.8-16.7 MP,
+    training uses the registry's budget, so a base converted without a training record gets
+    that, not the maximum."""
+    from convert.families import image_processor_config
     from geolocsft.images import ImageBudget, default_budget
 
-    path, cfg = _image_processor_config(ckpt_dir)
+    path, cfg = image_processor_config(ckpt_dir)
     size = cfg.get("size") or {}
     max_pixels = cfg.get("max_pixels") or size.get("longest_edge") or size.get("max_pixels")
     min_pixels = cfg.get("min_pixels") or size.get("shortest_edge") or size.get("min_pixels")
     if not max_pixels or not min_pixels:
         raise ValueError(f"{path}: no min/max pixels in the image processor config")
-    factor = int(cfg.get("patch_size", 14)) * int(cfg.get("merge_size", 2))
-    # Real Qwen2.5-VL processors allow 12.8 MP; the seed's budget (~1,280 vision tokens) is what
-    # training uses, so a base converted without a training record gets that, not the maximum.
-    return ImageBudget(
-        family=FAMILY,
-        max_pixels=min(int(max_pixels), default_budget(FAMILY).max_pixels),
-        min_pixels=int(min_pixels),
-        factor=factor,
-        fixed_side=None,
-    )
+    factor = int(cfg.get("patch_size", patch)) * int(cfg.get("merge_size", merge))
+    return ImageBudget(family=family,
+                       max_pixels=min(int(max_pixels), default_budget(family).max_pixels),
+                       min_pixels=int(min_pixels), factor=factor)
+
+
+def image_budget(ckpt_dir: Path):
+    """The image budget a checkpoint's processor applies, as the core's ImageBudget."""
+    return smart_image_budget(ckpt_dir, FAMILY, TINY_VISION["patch_size"],
+                              TINY_VISION["spatial_merge_size"])
 
 
 def stock_chat_handler(mmproj: Path):

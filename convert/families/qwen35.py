@@ -143,27 +143,18 @@ def chat_template(thinking: bool = False) -> str:
 def build_tokenizer():
     """Qwen2's byte-level BPE (llama.cpp's vocab GGUF) with Qwen3.5's pre-tokenizer, padded to
     248,044 entries, plus Qwen3.5's added tokens at their real ids."""
-    from tokenizers import AddedToken
     from transformers.models.qwen3_5.tokenization_qwen3_5 import Qwen3_5Tokenizer
 
-    from convert.llamacpp import import_bundled_gguf, llama_cpp_source
-    from geolocsft.gguf_header import read_gguf
+    from convert.families.qwen25vl import add_tokens_at_ids, qwen2_bpe
 
-    source = llama_cpp_source()
-    gguf = import_bundled_gguf(source)
-    path = source.vocab_dir / "ggml-vocab-qwen2.gguf"
-    fields = read_gguf(path, max_array=1 << 30).metadata
-    tokens, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
-    normal = [t for t, kind in zip(tokens, types) if kind == gguf.TokenType.NORMAL]
-    if len(normal) != 151643:
-        raise RuntimeError(f"{path}: unexpected layout ({len(normal)} normal tokens)")
+    normal, merges = qwen2_bpe()
     vocab = {token: i for i, token in enumerate(normal)}
     # No merge produces these, so they never appear in encoded text; they only hold ids.
     for i in range(len(normal), FIRST_ADDED):
         vocab[f"<|qwen35_reserved_{i}|>"] = i
     tokenizer = Qwen3_5Tokenizer(
         vocab=vocab,
-        merges=[tuple(m.split(" ")) for m in fields["tokenizer.ggml.merges"]],
+        merges=merges,
         unk_token=None,
         bos_token=None,
         eos_token="<|endoftext|>",
@@ -171,16 +162,7 @@ def build_tokenizer():
         model_max_length=262144,
         clean_up_tokenization_spaces=False,
     )
-    for token_id, text, special in SPECIAL_TOKENS:  # in id order, so each lands on its id
-        if text not in tokenizer.get_vocab():
-            tokenizer.add_tokens([AddedToken(text, special=special, normalized=False)],
-                                 special_tokens=special)
-        got = tokenizer.convert_tokens_to_ids(text)
-        if got != token_id:
-            raise RuntimeError(f"tokenizer: {text} got id {got}, expected {token_id}")
-    tokenizer.eos_token = "<|im_end|>"  # as in the post-trained checkpoints
-    tokenizer.extra_special_tokens = [t for _, t, special in SPECIAL_TOKENS
-                                      if special and t != "<|endoftext|>"]
+    add_tokens_at_ids(tokenizer, SPECIAL_TOKENS)  # in id order, so each lands on its id
     return tokenizer
 
 
@@ -259,27 +241,10 @@ def prepare_for_converter(src_dir: Path, staging_dir: Path) -> Path:
 def image_budget(ckpt_dir: Path):
     """The image budget a checkpoint's processor applies, capped at the family's seed-like
     budget (geolocsft/families.py), as the core's ImageBudget."""
-    from convert.families.qwen25vl import _image_processor_config
+    from convert.families.qwen25vl import smart_image_budget
     from geolocsft import families
-    from geolocsft.images import ImageBudget
 
-    spec = families.by_model_type(MODEL_TYPE)
-    path, cfg = _image_processor_config(ckpt_dir)
-    size = cfg.get("size") or {}
-    max_pixels = cfg.get("max_pixels") or size.get("longest_edge") or size.get("max_pixels")
-    min_pixels = cfg.get("min_pixels") or size.get("shortest_edge") or size.get("min_pixels")
-    if not max_pixels or not min_pixels:
-        raise ValueError(f"{path}: no min/max pixels in the image processor config")
-    factor = int(cfg.get("patch_size", PATCH)) * int(cfg.get("merge_size", MERGE))
-    # Released processors allow 16.7 MP; training uses the registry's budget, so a base converted
-    # without a training record gets that, not the maximum.
-    return ImageBudget(
-        family=spec.name,
-        max_pixels=min(int(max_pixels), spec.image.max_pixels),
-        min_pixels=int(min_pixels),
-        factor=factor,
-        fixed_side=None,
-    )
+    return smart_image_budget(ckpt_dir, families.by_model_type(MODEL_TYPE).name, PATCH, MERGE)
 
 
 def stock_chat_handler(mmproj_path: str):

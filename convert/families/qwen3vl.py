@@ -204,20 +204,7 @@ def prepare_for_converter(src_dir: Path, staging_dir: Path) -> Path:
 def image_budget(ckpt_dir: Path):
     """The image budget a checkpoint's processor applies, as the core's ImageBudget: the
     checkpoint's range, capped at the seed's 1,280 tokens (released processors allow 16 MP)."""
-    from geolocsft.images import ImageBudget, default_budget
-
-    path, cfg = qwen25vl._image_processor_config(ckpt_dir)
-    size = cfg.get("size") or {}
-    max_pixels = cfg.get("max_pixels") or size.get("longest_edge") or size.get("max_pixels")
-    min_pixels = cfg.get("min_pixels") or size.get("shortest_edge") or size.get("min_pixels")
-    if not max_pixels or not min_pixels:
-        raise ValueError(f"{path}: no min/max pixels in the image processor config")
-    factor = int(cfg.get("patch_size", PATCH)) * int(cfg.get("merge_size", MERGE))
-    # The seed's budget (geolocsft/families.py: 1,280 vision tokens) is what training uses, so a
-    # base converted without a training record gets that, not the 16 MP maximum.
-    return ImageBudget(family=FAMILY,
-                       max_pixels=min(int(max_pixels), default_budget(FAMILY).max_pixels),
-                       min_pixels=int(min_pixels), factor=factor, fixed_side=None)
+    return qwen25vl.smart_image_budget(ckpt_dir, FAMILY, PATCH, MERGE)
 
 
 def stock_chat_handler(mmproj_path: Path):
